@@ -1,0 +1,1 @@
+"""YAML run configs shipped with lorapop (``default.yaml`` is what ``lorapop run`` uses with no argument)."""

@@ -1,0 +1,96 @@
+"""Builders: turn the validated config into plain per-group plans, and plans into envs and rewards.
+
+Components (``groups/``, ``envs/``, ``rewards/``) never see ``RunConfig``: a ``GroupPlan`` holds only
+plain values, so it pickles across Ray and reads like keyword arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.config import DatasetEnvConfig, RunConfig
+
+
+@dataclass
+class GroupPlan:
+    """Everything one group actor is built from."""
+
+    name: str
+    cohort: str
+    seed: int
+    env: dict[str, Any]  # {"type": ..., **kwargs of the env class}
+    rewards: list[dict[str, Any]]  # [{"name", "weight", "params"}]
+    tags: dict[str, str]
+    grpo: dict[str, Any]
+    lora: dict[str, Any]
+    extra_sys_path: list[str] = field(default_factory=list)
+
+
+def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
+    """Expand ``num_groups`` replicas; resolve relative dataset and reward-file paths against ``config_dir``."""
+    plans = []
+    for index, spec in enumerate(cfg.groups):
+        base_seed = spec.seed if spec.seed is not None else cfg.seed + 1000 * index
+        env = spec.env.model_dump()
+        if isinstance(spec.env, DatasetEnvConfig):
+            path = Path(spec.env.path).expanduser()
+            env["path"] = str(path if path.is_absolute() else (config_dir / path))
+        rewards = [_resolve_reward_path(r.model_dump(), config_dir) for r in spec.rewards]
+        for k in range(spec.num_groups):
+            name = spec.name if spec.num_groups == 1 else f"{spec.name}-{k}"
+            plans.append(GroupPlan(
+                name=name, cohort=spec.name, seed=base_seed + k, env=env, rewards=rewards,
+                tags=spec.format.model_dump(), grpo=spec.grpo.model_dump(), lora=spec.lora.model_dump(),
+                extra_sys_path=[str(Path.cwd()), str(config_dir)],
+            ))
+    names = [p.name for p in plans]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"groups: replicated names clash: {', '.join(clash)}")
+    return plans
+
+
+def _resolve_reward_path(spec: dict[str, Any], config_dir: Path) -> dict[str, Any]:
+    module, sep, fn = spec["name"].rpartition(":")
+    if sep and module.endswith(".py") and not Path(module).is_absolute():
+        candidate = config_dir / module
+        if candidate.is_file() and not Path(module).is_file():
+            spec = {**spec, "name": f"{candidate}:{fn}"}
+    return spec
+
+
+def build_env(env: dict[str, Any], seed: int, tags: dict[str, str]):
+    """The env object of a plan."""
+    kwargs = {k: v for k, v in env.items() if k != "type"}
+    if env["type"] == "arithmetic":
+        from envs.arithmetic import ArithmeticEnv
+
+        return ArithmeticEnv(seed=seed, **kwargs, **tags)
+    if env["type"] == "dataset":
+        from envs.dataset import DatasetEnv
+
+        return DatasetEnv(seed=seed, **kwargs)
+    raise ValueError(f"env.type: unknown env {env['type']!r}")
+
+
+def build_rewards(rewards: list[dict[str, Any]], tags: dict[str, str]) -> list[tuple[str, Callable, float]]:
+    """``(unique_name, fn, weight)`` per configured reward; repeated names get ``_2``, ``_3``."""
+    from rewards.registry import load_reward
+
+    out: list[tuple[str, Callable, float]] = []
+    seen: dict[str, int] = {}
+    for spec in rewards:
+        fn = load_reward(spec["name"], spec.get("params"), defaults=tags)
+        base = getattr(fn, "__name__", None) or spec["name"].rpartition(":")[2]
+        seen[base] = seen.get(base, 0) + 1
+        out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", fn, float(spec.get("weight", 1.0))))
+    return out
+
+
+def accuracy_fn(tags: dict[str, str]) -> Callable:
+    """Correctness used for the ``accuracy`` metric: the numeric answer between the group's solution tags."""
+    from rewards.registry import load_reward
+
+    return load_reward("answer_numeric", defaults=tags)

@@ -1,0 +1,166 @@
+"""The run config: typed, one description per field, unknown keys rejected.
+
+``RunConfig`` is what a YAML file in ``configs/`` validates into. Per-group ``grpo:`` and ``lora:``
+blocks are *partial overrides* merged over the run-level blocks before validation, so a group may
+say ``grpo: {lr: 1e-3}`` and inherit everything else. Components never receive this object:
+builders in ``engine/`` turn it into plain keyword arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TagFormat(_Strict):
+    """The answer format a group's prompts ask for and its built-in rewards check."""
+
+    reasoning_start: str = Field("<think>", description="Tag that opens the reasoning.")
+    reasoning_end: str = Field("</think>", description="Tag that closes the reasoning.")
+    solution_start: str = Field("<answer>", description="Tag that opens the final answer.")
+    solution_end: str = Field("</answer>", description="Tag that closes the final answer.")
+
+
+class GRPOConfig(_Strict):
+    """GRPO hyper-parameters of one group (run-level defaults, overridable per group)."""
+
+    prompts_per_step: int = Field(4, ge=1, description="Prompts sampled from the env per step.")
+    group_size: int = Field(8, ge=2, description="Completions per prompt (G); advantages are relative within these.")
+    max_prompt_length: int = Field(512, ge=1, description="Longest prompt in tokens; longer prompts are an error, never truncated.")
+    max_completion_length: int = Field(64, ge=1, description="Most new tokens per completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts (also applied to the trainer's logits).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
+    lr: float = Field(5e-3, ge=0, description="AdamW learning rate of the LoRA parameters.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
+    beta: float = Field(0.0, ge=0, description="KL coefficient (k3 estimator) to the base with the adapter off; 0 skips the reference pass (TRL's default).")
+    epsilon_low: float = Field(0.2, ge=0, description="Lower clip of the importance ratio: 1 - epsilon_low.")
+    epsilon_high: float = Field(0.2, ge=0, description="Upper clip of the importance ratio: 1 + epsilon_high (DAPO clip-higher uses 0.28).")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Advantage scaling: std of the prompt's group, of the whole batch, or none (Dr. GRPO).")
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("dapo", description="Loss aggregation, as TRL: per-sequence mean (grpo), / (B * max_completion_length) (dr_grpo), per-token mean (dapo).")
+    num_iterations: int = Field(1, ge=1, description="Optimizer steps per rollout batch (mu in the GRPO paper).")
+
+
+class LoraConfig(_Strict):
+    """LoRA adapter shape of one group (run-level defaults, overridable per group)."""
+
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | str = Field("all-linear", description="Modules that get adapters; 'all-linear' as in PEFT.")
+
+
+class RewardSpec(_Strict):
+    """One reward function of a group."""
+
+    name: str = Field(description="A built-in name (format_exact, format_approx, answer_exact, answer_numeric) or 'module:function' / 'path/file.py:function'.")
+    weight: float = Field(1.0, description="Weight in the total reward (weighted sum).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a built-in, or for a 'module:function' factory.")
+
+
+class ArithmeticEnvConfig(_Strict):
+    """The built-in, offline arithmetic word-problem task."""
+
+    type: Literal["arithmetic"] = Field("arithmetic", description="Env kind.")
+    difficulty: int = Field(1, ge=1, le=4, description="1: single-digit sums ... 4: two operations up to 30.")
+    system_prompt: str | None = Field(None, description="System prompt; None uses the task's default, built from the group's tags.")
+
+
+class DatasetEnvConfig(_Strict):
+    """Rows from a local JSONL/JSON/CSV/Parquet file or a `datasets.save_to_disk` directory."""
+
+    type: Literal["dataset"] = Field(description="Env kind.")
+    path: str = Field(description="Local file or directory (relative paths are relative to the config file).")
+    prompt_column: str | None = Field(None, description="Column with the prompt; default 'prompt', else 'question'.")
+    answer_column: str = Field("answer", description="Column with the verifiable answer.")
+    system_prompt: str | None = Field(None, description="System prompt prepended to every prompt.")
+    template: str | None = Field(None, description="str.format template over the row's columns, e.g. 'Question: {question}'.")
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for evaluation.")
+
+
+EnvConfig = Annotated[Union[ArithmeticEnvConfig, DatasetEnvConfig], Field(discriminator="type")]
+
+
+class GroupSpec(_Strict):
+    """One group of the population (or a cohort of ``num_groups`` replicas with different seeds)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Group name; replicas get '-0', '-1', ... appended.")
+    num_groups: int = Field(1, ge=1, description="Replicate this spec N times with different seeds (a cohort).")
+    seed: int | None = Field(None, description="Seed of this group (replica k uses seed + k); default derived from the run seed.")
+    env: EnvConfig = Field(default_factory=ArithmeticEnvConfig, description="Where prompts come from.")
+    format: TagFormat = Field(default_factory=TagFormat, description="Answer tags asked for by the prompt and checked by built-in rewards.")
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="format_exact"), RewardSpec(name="answer_numeric")],
+        min_length=1,
+        description="Reward functions and weights.",
+    )
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="This group's GRPO hyper-parameters (merged over the run's).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="This group's LoRA shape (merged over the run's).")
+
+
+class TinyModelConfig(_Strict):
+    """Settings of ``builtin:tiny``; the built model is cached on disk keyed by these."""
+
+    hidden_size: int = Field(128, ge=16, description="Hidden size.")
+    num_layers: int = Field(4, ge=1, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    sft_steps: int = Field(300, ge=0, description="Steps of the supervised format phase on the built-in task.")
+    sft_lr: float = Field(3e-3, gt=0, description="Learning rate of the format phase.")
+    strict_fraction: float = Field(0.5, ge=0, le=1, description="Share of format-phase targets in the exact answer format (the rest use looser variants), so GRPO has something to learn.")
+    seed: int = Field(0, description="Seed of the weights and the format-phase data.")
+
+
+class RayConfig(_Strict):
+    """Where the actors run."""
+
+    address: str | None = Field(None, description="Existing cluster address ('auto', 'ray://host:10001'); None starts an embedded local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (None: all).")
+
+
+class RunConfig(_Strict):
+    """A whole lorapop run."""
+
+    run_name: str | None = Field(None, description="Name of the run directory under output_dir; default '<config>-<timestamp>'.")
+    output_dir: str = Field("runs", description="Parent of run directories (must be reachable by every node on a cluster).")
+    seed: int = Field(0, description="Run seed; groups without a seed get seed + 1000 * index.")
+    steps: int = Field(30, ge=1, description="GRPO steps per group.")
+    base_model: str = Field("builtin:tiny", description="'builtin:tiny', a local Hugging Face model directory, or a hub id (needs network).")
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Settings of builtin:tiny.")
+    backend: Literal["auto", "hf", "vllm"] = Field("auto", description="Rollout backend: vllm where CUDA and vllm import, else hf.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster settings.")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="Run-level GRPO defaults.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Run-level LoRA defaults.")
+    samples_per_step: int = Field(-1, ge=-1, description="Completions per group and step written to samples/ (-1: all).")
+    eval_prompts: int = Field(16, ge=0, description="Held-out prompts per group scored greedily after the last step (0: none).")
+    groups: list[GroupSpec] = Field(min_length=1, description="The population.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_group_overrides(cls, data: Any) -> Any:
+        """Merge each group's partial ``grpo``/``lora`` blocks over the run-level ones."""
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+            return data
+        merged = []
+        for g in data["groups"]:
+            if isinstance(g, dict):
+                g = dict(g)
+                for key in ("grpo", "lora"):
+                    base, own = data.get(key) or {}, g.get(key) or {}
+                    if isinstance(base, dict) and isinstance(own, dict):
+                        g[key] = {**base, **own}
+            merged.append(g)
+        return {**data, "groups": merged}
+
+    @model_validator(mode="after")
+    def _unique_group_names(self) -> "RunConfig":
+        names = [g.name for g in self.groups]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"group names must be unique; repeated: {', '.join(dupes)}")
+        return self

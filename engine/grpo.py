@@ -1,0 +1,114 @@
+"""GRPO math: group-relative advantages, per-token log-probs, the clipped loss and its aggregation.
+
+Each variant is a small named function picked by config from a dict (``ADVANTAGE_SCALING``,
+``LOSS_AGGREGATION``), following TRL's ``GRPOTrainer`` (trl/trainer/grpo_trainer.py) so numbers are
+comparable. Where this deviates from the GRPO paper (Shao et al. 2024, arXiv:2402.03300):
+  - the KL term uses the k3 estimator against the *base model with the adapter disabled* (no second
+    model), and is skipped entirely when ``beta == 0`` (TRL's default since DAPO / Dr. GRPO);
+  - clipping is asymmetric (``epsilon_low`` / ``epsilon_high``, DAPO's clip-higher, arXiv:2503.14476);
+  - aggregation defaults to DAPO's token-level mean; ``grpo`` is the paper's per-sequence mean and
+    ``dr_grpo`` divides by a constant (Liu et al. 2025, arXiv:2503.20783).
+Shapes: B = prompts * group_size completions, L = completion length (padded).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+EPS = 1e-4  # TRL's epsilon in the advantage denominator
+
+
+# --- step 4: advantages --------------------------------------------------------------------------
+
+def _std_group(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Std of each prompt's own group (the GRPO paper)."""
+    return rewards.view(-1, group_size).std(dim=1).repeat_interleave(group_size)
+
+
+def _std_batch(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """One std over the whole batch (more robust for low-variance groups; TRL scale_rewards='batch')."""
+    return rewards.std().expand_as(rewards)
+
+
+def _std_none(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """No scaling: Dr. GRPO removes the std division (it biases toward easy/hard prompts)."""
+    return torch.ones_like(rewards)
+
+
+ADVANTAGE_SCALING: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "group": _std_group,
+    "batch": _std_batch,
+    "none": _std_none,
+}
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str) -> torch.Tensor:
+    """``A_i = (r_i - mean(r_group)) / (std + eps)``; ``rewards`` is [B] ordered prompt-major. Returns [B]."""
+    mean = rewards.view(-1, group_size).mean(dim=1).repeat_interleave(group_size)  # [B]
+    centred = rewards - mean
+    if scale_rewards == "none":
+        return centred
+    return centred / (ADVANTAGE_SCALING[scale_rewards](rewards, group_size) + EPS)
+
+
+# --- step 5: per-token log-probs and the loss ----------------------------------------------------
+
+def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                        temperature: float) -> torch.Tensor:
+    """Log-probs of the completion tokens. ``input_ids`` is [B, P+L] (prompts left-padded to P).
+
+    Positions come from the attention mask, as in ``generate``, so left padding does not shift them.
+    Returns [B, L].
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, P+L]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = logits[:, prompt_len - 1 : -1, :].float() / temperature  # [B, L, V]: logits that predict each completion token
+    targets = input_ids[:, prompt_len:]  # [B, L]
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref): ``exp(ref - logp) - (ref - logp) - 1`` (>= 0). [B, L]."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def clipped_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                       epsilon_low: float, epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO-style clipped surrogate per token: ``-min(r * A, clip(r, 1-el, 1+eh) * A)``.
+
+    Returns the loss [B, L] and a 0/1 tensor [B, L] of tokens where the clip was active.
+    """
+    ratio = torch.exp(logp - old_logp)  # [B, L]
+    adv = advantages.unsqueeze(1)  # [B, 1]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * adv
+    return -torch.min(unclipped, clipped), (clipped < unclipped).float()
+
+
+def _agg_grpo(loss: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Mean over each sequence's tokens, then over sequences (the GRPO paper)."""
+    return ((loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+
+
+def _agg_dr_grpo(loss: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Sum over all tokens / (B * max_completion_length): no length bias (Dr. GRPO)."""
+    return (loss * mask).sum() / (loss.size(0) * max_len)
+
+
+def _agg_dapo(loss: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Token-level mean over the whole batch (DAPO)."""
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+LOSS_AGGREGATION: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "grpo": _agg_grpo,
+    "dr_grpo": _agg_dr_grpo,
+    "dapo": _agg_dapo,
+}
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((x * mask).sum() / mask.sum().clamp(min=1.0))

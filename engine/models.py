@@ -1,0 +1,68 @@
+"""Base-model resolution and loading, and the PEFT LoRA config built from plain arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print) -> str:
+    """``builtin:tiny`` -> its cached directory (built on first use); a local directory -> its path;
+    anything else is passed to ``from_pretrained`` as a hub id (which needs network)."""
+    if base_model.startswith("builtin:"):
+        name = base_model.split(":", 1)[1]
+        if name != "tiny":
+            raise ValueError(f"base_model: unknown built-in model {base_model!r} (known: builtin:tiny)")
+        from engine.tiny_model import ensure_tiny_model
+
+        return str(ensure_tiny_model(tiny_settings, log=log))
+    path = Path(base_model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"base_model: {path} is not a Hugging Face model directory (no config.json)")
+        return str(path.resolve())
+    return base_model
+
+
+def quiet_libraries() -> None:
+    """Silence per-load progress bars and deprecation chatter of transformers/PEFT (called at run time)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\..*")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    quiet_libraries()
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_base(path: str, dtype: str = "float32", device: str = "cpu"):
+    """The frozen base model in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_libraries()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def peft_lora_config(r: int, alpha: int, dropout: float, target_modules: list[str] | str):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                      task_type="CAUSAL_LM", bias="none")

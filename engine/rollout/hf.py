@@ -1,0 +1,111 @@
+"""The ``hf`` rollout backend: transformers + PEFT, one base model, one named adapter per group.
+
+Runs anywhere (CPU included); it is the embedded default and what CI tests. Adapter versions arrive
+as LoRA state dicts from the groups and are loaded into that group's named adapter in place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from engine.rollout.types import RolloutRequest, RolloutResult
+
+
+class HFRollout:
+    """Ray actor (``ray.remote(HFRollout)``) or a plain object; state lives here, not in globals."""
+
+    def __init__(self, model_path: str, adapters: dict[str, dict], num_threads: int | None = None):
+        import torch
+        from peft import get_peft_model
+
+        from engine.models import load_base, load_tokenizer, peft_lora_config
+
+        torch.set_num_threads(num_threads or os.cpu_count() or 1)
+        self.tokenizer = load_tokenizer(model_path)
+        base = load_base(model_path)
+        names = list(adapters)
+        self.model = get_peft_model(base, peft_lora_config(**adapters[names[0]]), adapter_name=names[0])
+        for name in names[1:]:
+            self.model.add_adapter(name, peft_lora_config(**adapters[name]))
+        self.model.eval()
+        self.versions = {name: -1 for name in names}  # -1: no version published yet
+
+    def publish(self, group: str, version: int, state_dict: dict) -> int:
+        """Serve ``state_dict`` (LoRA weights, PEFT key names) as ``group``'s adapter from now on."""
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, state_dict, adapter_name=group)
+        lora_missing = [k for k in result.missing_keys if "lora_" in k and f".{group}." in k]
+        if result.unexpected_keys or lora_missing:
+            raise ValueError(f"adapter of {group!r} does not fit: unexpected {result.unexpected_keys[:3]}, missing {lora_missing[:3]}")
+        self.versions[group] = version
+        return version
+
+    def adapter_versions(self) -> dict[str, int]:
+        return dict(self.versions)
+
+    def generate(self, requests: list[RolloutRequest]) -> list[RolloutResult]:
+        """All groups' requests of one step in as few ``generate`` calls as possible.
+
+        Requests with the same sampling settings share one batch: PEFT's mixed-adapter inference
+        (``adapter_names=``) runs each row through its own group's LoRA on the one base. The batch's
+        seed is derived from all its requests' seeds, so the same step of the same population
+        samples the same completions.
+        """
+        import torch
+
+        for r in requests:
+            if self.versions.get(r.group, -1) < 0:
+                raise RuntimeError(f"group {r.group!r} has no published adapter")
+        results: list[RolloutResult | None] = [None] * len(requests)
+        buckets: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            key = (r.max_new_tokens, r.greedy, r.temperature if not r.greedy else 0.0, r.top_p if not r.greedy else 1.0)
+            buckets.setdefault(key, []).append(i)
+        for idx in buckets.values():
+            batch = [requests[i] for i in idx]
+            t0 = time.perf_counter()
+            torch.manual_seed(sum(r.seed * (k + 1) for k, r in enumerate(batch)) % (2**31 - 1))
+            rows = self._generate_rows(batch)
+            seconds = time.perf_counter() - t0
+            start = 0
+            for i, r in zip(idx, batch):
+                size = len(r.prompt_ids) * r.n
+                part = rows[start:start + size]
+                start += size
+                results[i] = RolloutResult(
+                    group=r.group, adapter_version=self.versions[r.group],
+                    prompt_ids=[p for p in r.prompt_ids for _ in range(r.n)],
+                    completion_ids=[c for c, _, _ in part], logprobs=[lp for _, lp, _ in part],
+                    finish_reasons=[f for _, _, f in part], seconds=seconds)
+        return results  # type: ignore[return-value]
+
+    def _generate_rows(self, batch: list[RolloutRequest]) -> list[tuple[list[int], list[float], str]]:
+        """One ``generate`` over every request's prompts (each repeated ``n`` times, prompt-major)."""
+        import torch
+
+        first = batch[0]
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        prompts = [p for r in batch for p in r.prompt_ids for _ in range(r.n)]  # [B]
+        adapter_names = [r.group for r in batch for _ in range(len(r.prompt_ids) * r.n)]  # [B]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # [B, P] left-padded
+        attention_mask = (input_ids != pad).long() if pad not in sum(prompts, []) else torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        sampling = {"do_sample": False} if first.greedy else {
+            "do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=first.max_new_tokens,
+                pad_token_id=pad, eos_token_id=eos, output_logits=True, return_dict_in_generate=True,
+                adapter_names=adapter_names, **sampling)
+        new = out.sequences[:, width:]  # [B, T]
+        temperature = 1.0 if first.greedy else first.temperature
+        logits = torch.stack(out.logits, dim=1).float() / temperature  # [B, T, V]
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        rows = []
+        for ids, lp in zip(new.tolist(), logprobs.tolist()):
+            end = ids.index(eos) + 1 if eos in ids else len(ids)
+            rows.append((ids[:end], lp[:end], "stop" if eos in ids else "length"))
+        return rows

@@ -1,0 +1,92 @@
+"""Weighted scoring of a batch by several reward functions, as TRL's GRPOTrainer does it.
+
+A function that raises or returns something malformed is recorded in ``failures`` and counts as
+NaN for the whole batch; scoring itself never raises on a reward function's behalf.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+@dataclass
+class RewardResult:
+    """Rewards of one batch."""
+
+    per_function: dict[str, list[float]]
+    """Function name -> one reward per sample; NaN where it returned None or failed."""
+    total: list[float]
+    """Weighted nansum over functions per sample; a row where every function is NaN totals 0.0."""
+    failures: dict[str, str]
+    """Function name -> ``"ExceptionType: message"`` for each function that failed on this batch."""
+
+    @property
+    def unscorable(self) -> list[bool]:
+        """Per sample: True where every function gave NaN (its ``total`` 0.0 is not a real score).
+
+        TRL >= 1.x sets such rows to NaN and gives them zero advantage; the caller may do the same.
+        """
+        if not self.per_function:
+            return [True] * len(self.total)
+        matrix = np.array(list(self.per_function.values()), dtype=np.float64)  # [F, B]
+        return np.isnan(matrix).all(axis=0).tolist()
+
+
+def score(
+    functions: Sequence[tuple[str, Callable[..., Any], float]],
+    prompts: list[Any],
+    completions: list[Any],
+    columns: dict[str, list[Any]],
+) -> RewardResult:
+    """Score ``completions`` with each ``(name, fn, weight)``; ``fn(prompts=, completions=, **columns)``.
+
+    Names are used as given: the caller guarantees they are unique (e.g. by suffixing ``_2``, ``_3``).
+    ``completion_ids`` is not passed; functions must take ``**kwargs`` as TRL requires.
+
+    >>> ones = lambda prompts, completions, **kw: [1.0 for _ in completions]
+    >>> skip = lambda prompts, completions, **kw: [None, 2.0]
+    >>> r = score([("ones", ones, 0.5), ("skip", skip, 1.0)], ["p", "p"], ["a", "b"], {})
+    >>> r.total, r.per_function["skip"][0] != r.per_function["skip"][0]
+    ([0.5, 2.5], True)
+    """
+    n = len(completions)
+    if len(prompts) != n:
+        raise ValueError(f"score: {len(prompts)} prompts but {n} completions")
+    per_function: dict[str, list[float]] = {}
+    failures: dict[str, str] = {}
+    for name, fn, _ in functions:
+        try:
+            per_function[name] = _call(fn, prompts, completions, columns, n)
+        except Exception as e:  # noqa: BLE001 - a broken reward must not crash the run
+            failures[name] = f"{type(e).__name__}: {e}"
+            per_function[name] = [math.nan] * n
+    if not functions:
+        return RewardResult(per_function, [0.0] * n, failures)
+    rewards = np.array([per_function[name] for name, _, _ in functions], dtype=np.float64).T  # [B, F]
+    weights = np.array([float(w) for _, _, w in functions], dtype=np.float64)  # [F]
+    total = np.nansum(rewards * weights[None, :], axis=1)  # [B]
+    return RewardResult(per_function, total.tolist(), failures)
+
+
+def _call(fn: Callable[..., Any], prompts: list, completions: list, columns: dict[str, list], n: int) -> list[float]:
+    """Call one reward function and check its output: ``n`` numbers or Nones (-> NaN)."""
+    out = fn(prompts=prompts, completions=completions, **columns)
+    if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+        raise TypeError(f"returned a {type(out).__name__}, expected a list of {n} floats")
+    out = list(out)
+    if len(out) != n:
+        raise ValueError(f"returned {len(out)} rewards for {n} completions")
+    values: list[float] = []
+    for i, r in enumerate(out):
+        if r is None:
+            values.append(math.nan)
+        elif isinstance(r, numbers.Real):
+            values.append(float(r))
+        else:
+            raise TypeError(f"reward {i} is a {type(r).__name__} ({r!r:.40}), expected a float or None")
+    return values

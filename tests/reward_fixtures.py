@@ -1,0 +1,26 @@
+"""User-style reward functions that tests load through ``rewards.registry.load_reward``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+NOT_CALLABLE = 42
+
+
+def my_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
+    """A TRL-style reward written for conversational completions: 1.0 per mention of 'yes'."""
+    return [float(c[0]["content"].count("yes")) for c in completions]
+
+
+def contains(word: str, value: float = 1.0) -> Callable[..., list[float]]:
+    """A reward factory: ``value`` if the completion contains ``word``."""
+
+    def contains_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        return [value if word in c[0]["content"] else 0.0 for c in completions]
+
+    return contains_reward
+
+
+def not_a_factory(word: str) -> int:
+    """A 'factory' that returns a non-callable."""
+    return len(word)
