@@ -90,7 +90,24 @@ def build_rewards(rewards: list[dict[str, Any]], tags: dict[str, str]) -> list[t
 
 
 def accuracy_fn(tags: dict[str, str]) -> Callable:
-    """Correctness used for the ``accuracy`` metric: the numeric answer between the group's solution tags."""
-    from rewards.registry import load_reward
+    """Correctness behind the ``accuracy`` metric: the text between the group's solution tags equals
+    the ``answer`` column, numerically where both parse as numbers, else as stripped strings."""
+    import math
 
-    return load_reward("answer_numeric", defaults=tags)
+    from rewards.text import completion_text, extract_answer, parse_number
+
+    start, end = tags["solution_start"], tags["solution_end"]
+
+    def correct(prompts, completions, answer, **_) -> list[float | None]:
+        out: list[float | None] = []
+        for completion, truth in zip(completions, answer):
+            if truth is None:
+                out.append(None)
+                continue
+            got = extract_answer(completion_text(completion), start, end)
+            a, b = parse_number(got), parse_number(str(truth))
+            same = math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) if a is not None and b is not None else got == str(truth).strip()
+            out.append(float(same))
+        return out
+
+    return correct

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 
 class _Strict(BaseModel):
@@ -35,7 +35,7 @@ class GRPOConfig(_Strict):
     max_completion_length: int = Field(64, ge=1, description="Most new tokens per completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts (also applied to the trainer's logits).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
-    lr: float = Field(5e-3, ge=0, description="AdamW learning rate of the LoRA parameters.")
+    lr: float = Field(5e-5, ge=0, description="AdamW learning rate of the LoRA parameters (LoRA GRPO on real models: ~1e-5..2e-4; builtin:tiny: 3e-3).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
@@ -84,7 +84,16 @@ class DatasetEnvConfig(_Strict):
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for evaluation.")
 
 
-EnvConfig = Annotated[Union[ArithmeticEnvConfig, DatasetEnvConfig], Field(discriminator="type")]
+def _env_kind(value: Any) -> str:
+    """The env's ``type``; a block without one is the built-in arithmetic task."""
+    return value.get("type", "arithmetic") if isinstance(value, dict) else getattr(value, "type", "arithmetic")
+
+
+EnvConfig = Annotated[
+    Union[Annotated[ArithmeticEnvConfig, Tag("arithmetic")], Annotated[DatasetEnvConfig, Tag("dataset")]],
+    Discriminator(_env_kind, custom_error_type="env_type",
+                  custom_error_message="env.type must be 'arithmetic' or 'dataset'"),
+]
 
 
 class GroupSpec(_Strict):
@@ -112,7 +121,7 @@ class TinyModelConfig(_Strict):
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     sft_steps: int = Field(300, ge=0, description="Steps of the supervised format phase on the built-in task.")
     sft_lr: float = Field(3e-3, gt=0, description="Learning rate of the format phase.")
-    strict_fraction: float = Field(0.5, ge=0, le=1, description="Share of format-phase targets in the exact answer format (the rest use looser variants), so GRPO has something to learn.")
+    strict_fraction: float = Field(0.35, ge=0, le=1, description="Share of format-phase targets in the exact answer format (the rest use looser variants), so GRPO has something to learn.")
     seed: int = Field(0, description="Seed of the weights and the format-phase data.")
 
 

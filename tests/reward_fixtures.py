@@ -24,3 +24,8 @@ def contains(word: str, value: float = 1.0) -> Callable[..., list[float]]:
 def not_a_factory(word: str) -> int:
     """A 'factory' that returns a non-callable."""
     return len(word)
+
+
+def broken_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
+    """A reward that always raises: the run must record the failure and go on."""
+    raise RuntimeError("boom from broken_reward")

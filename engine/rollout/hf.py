@@ -24,10 +24,13 @@ class HFRollout:
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self.tokenizer = load_tokenizer(model_path)
         base = load_base(model_path)
+        # PEFT adapter names are internal ("g0", "g1", ...): a group called e.g. "a" or "lora" would
+        # clash with PEFT's own "lora_" parameter prefix.
+        self.slot = {group: f"g{i}" for i, group in enumerate(adapters)}
         names = list(adapters)
-        self.model = get_peft_model(base, peft_lora_config(**adapters[names[0]]), adapter_name=names[0])
+        self.model = get_peft_model(base, peft_lora_config(**adapters[names[0]]), adapter_name=self.slot[names[0]])
         for name in names[1:]:
-            self.model.add_adapter(name, peft_lora_config(**adapters[name]))
+            self.model.add_adapter(self.slot[name], peft_lora_config(**adapters[name]))
         self.model.eval()
         self.versions = {name: -1 for name in names}  # -1: no version published yet
 
@@ -35,8 +38,9 @@ class HFRollout:
         """Serve ``state_dict`` (LoRA weights, PEFT key names) as ``group``'s adapter from now on."""
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(self.model, state_dict, adapter_name=group)
-        lora_missing = [k for k in result.missing_keys if "lora_" in k and f".{group}." in k]
+        slot = self.slot[group]
+        result = set_peft_model_state_dict(self.model, state_dict, adapter_name=slot)
+        lora_missing = [k for k in result.missing_keys if "lora_" in k and f".{slot}." in k]
         if result.unexpected_keys or lora_missing:
             raise ValueError(f"adapter of {group!r} does not fit: unexpected {result.unexpected_keys[:3]}, missing {lora_missing[:3]}")
         self.versions[group] = version
@@ -88,7 +92,7 @@ class HFRollout:
         first = batch[0]
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         prompts = [p for r in batch for p in r.prompt_ids for _ in range(r.n)]  # [B]
-        adapter_names = [r.group for r in batch for _ in range(len(r.prompt_ids) * r.n)]  # [B]
+        adapter_names = [self.slot[r.group] for r in batch for _ in range(len(r.prompt_ids) * r.n)]  # [B]
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # [B, P] left-padded
         attention_mask = (input_ids != pad).long() if pad not in sum(prompts, []) else torch.tensor(

@@ -1,0 +1,28 @@
+"""Shared fixtures: the built-in tiny model (built once, cached) and helpers to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``lorapop ARGS`` in a fresh process, as a user runs it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    """The default ``builtin:tiny`` (built on first use, then cached under $LORAPOP_CACHE or ~/.cache/lorapop)."""
+    from engine.config import TinyModelConfig
+    from engine.tiny_model import ensure_tiny_model
+
+    return str(ensure_tiny_model(TinyModelConfig().model_dump()))

@@ -1,0 +1,105 @@
+"""Bad input through the CLI: a non-zero exit, a message naming the field/file/line, and nothing written.
+
+All of these fail in validation or preflight, before Ray starts, so they run in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+
+GOOD = """
+steps: 2
+groups:
+  - name: a
+"""
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def existing_run(tmp_path):
+    """A finished run directory that no failed command may touch."""
+    d = tmp_path / "runs" / "old"
+    (d / "steps").mkdir(parents=True)
+    (d / "steps" / "part-000001.parquet").write_bytes(b"old parquet bytes")
+    (d / "config.yaml").write_text("old: config\n")
+    return d
+
+
+def check_fails(result, *needles: str):
+    assert result.exit_code == 2, result.output
+    for n in needles:
+        assert n in result.output, f"{n!r} not in:\n{result.output}"
+
+
+@pytest.mark.parametrize("extra, needles", [
+    ("bogus_key: 1\n", ["bogus_key", "unknown key"]),
+    ("eval_prompts: lots\n", ["eval_prompts", "integer"]),
+    ("grpo: {group_size: 1}\n", ["groups.0.grpo.group_size", "greater than or equal to 2"]),
+])
+def test_bad_config_fields(tmp_path, existing_run, extra, needles):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(GOOD + extra)
+    before = snapshot(existing_run)
+    check_fails(invoke("run", str(cfg), "--run-dir", str(existing_run), "-q"), "bad.yaml", *needles)
+    assert snapshot(existing_run) == before
+
+
+def test_missing_dataset_file_names_the_path(tmp_path, existing_run):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(GOOD + "    env: {type: dataset, path: nowhere/rows.jsonl}\n")
+    before = snapshot(existing_run)
+    check_fails(invoke("run", str(cfg), "--run-dir", str(tmp_path / "new"), "-q"), "nowhere/rows.jsonl")
+    assert not (tmp_path / "new").exists() and snapshot(existing_run) == before
+
+
+def test_dataset_row_without_answer_names_file_and_line(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n" + json.dumps({"question": "2+2?"}) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(GOOD + "    env: {type: dataset, path: rows.jsonl}\n")
+    check_fails(invoke("run", str(cfg), "--run-dir", str(tmp_path / "new"), "-q"), "rows.jsonl:2", "answer")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("no_such_module_xyz:fn", "no_such_module_xyz"),
+    ("tests.reward_fixtures:missing_fn", "missing_fn"),
+    ("not_a_builtin", "not_a_builtin"),
+])
+def test_unimportable_reward_names_the_spec(tmp_path, spec, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(GOOD + f"    rewards: [{{name: '{spec}'}}]\n")
+    check_fails(invoke("run", str(cfg), "--run-dir", str(tmp_path / "new"), "-q"), "group a (rewards)", needle)
+    assert not (tmp_path / "new").exists()
+
+
+def test_existing_run_dir_is_refused_and_untouched(tmp_path, existing_run):
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text(GOOD)
+    before = snapshot(existing_run)
+    check_fails(invoke("run", str(cfg), "--run-dir", str(existing_run), "-q"), "already exists")
+    assert snapshot(existing_run) == before
+
+
+def test_bad_cli_arguments(tmp_path):
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text(GOOD)
+    check_fails(invoke("run", str(cfg), "steps"), "steps", "key=value")
+    check_fails(invoke("run", str(cfg), "steps=0"), "steps", "greater than or equal to 1")
+    check_fails(invoke("run", str(tmp_path / "nope.yaml")), "nope.yaml", "not found")
+    result = invoke("run", str(cfg), "--no-such-flag")
+    assert result.exit_code == 2 and "--no-such-flag" in result.output
+    check_fails(invoke("leaderboard", str(tmp_path)), "no leaderboard")

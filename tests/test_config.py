@@ -1,0 +1,86 @@
+"""Config loading: validation messages name the field, overrides apply, group blocks merge."""
+
+import pytest
+
+from engine.builders import group_plans
+from engine.loading import ConfigError, apply_override, load_config
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+BASE = """
+steps: 3
+groups:
+  - name: a
+"""
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg, _ = load_config(write(tmp_path, BASE), ["steps=7", "grpo.lr=1e-3", "groups.0.env.difficulty=2"])
+    assert cfg.steps == 7
+    assert cfg.groups[0].grpo.lr == 1e-3  # run-level block merged into the group
+    assert cfg.groups[0].env.difficulty == 2
+
+
+def test_group_block_overrides_run_block(tmp_path):
+    text = """
+grpo: {lr: 0.01, group_size: 4}
+groups:
+  - name: a
+    grpo: {lr: 0.002}
+  - name: b
+"""
+    cfg, _ = load_config(write(tmp_path, text))
+    assert (cfg.groups[0].grpo.lr, cfg.groups[0].grpo.group_size) == (0.002, 4)
+    assert (cfg.groups[1].grpo.lr, cfg.groups[1].grpo.group_size) == (0.01, 4)
+
+
+@pytest.mark.parametrize("text, field, words", [
+    (BASE + "bogus: 1\n", "bogus", "unknown key"),
+    (BASE + "    grpo: {temprature: 0.7}\n", "groups.0.grpo.temprature", "unknown key"),
+    (BASE.replace("steps: 3", "steps: many"), "steps", "integer"),
+    (BASE + "    grpo: {group_size: 1}\n", "groups.0.grpo.group_size", "greater than or equal to 2"),
+    (BASE + "    env: {type: dataset}\n", "groups.0.env.dataset.path", "Field required"),
+    (BASE + "    env: {type: nosuch}\n", "groups.0.env", "'arithmetic' or 'dataset'"),
+    ("groups: []\n", "groups", "at least 1"),
+])
+def test_bad_config_names_the_field(tmp_path, text, field, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    msg = str(e.value)
+    assert f"{field}:" in msg and words in msg and "c.yaml" in msg
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"c\.yaml:3"):
+        load_config(write(tmp_path, "steps: 3\ngroups:\n  - name: [a\n"))
+
+
+def test_bad_overrides():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_override({}, "steps")
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_override({"groups": [{}]}, "groups.3.name=x")
+
+
+def test_replicas_get_names_and_seeds(tmp_path):
+    cfg, d = load_config(write(tmp_path, "seed: 5\ngroups:\n  - {name: a, num_groups: 3}\n  - {name: b, seed: 42}\n"))
+    plans = group_plans(cfg, d)
+    assert [(p.name, p.cohort, p.seed) for p in plans] == [("a-0", "a", 5), ("a-1", "a", 6), ("a-2", "a", 7), ("b", "b", 42)]
+
+
+def test_duplicate_group_names_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="repeated: a"):
+        load_config(write(tmp_path, "groups:\n  - {name: a}\n  - {name: a}\n"))
+
+
+def test_every_shipped_config_validates():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        cfg, d = load_config(path)
+        assert group_plans(cfg, d)

@@ -1,0 +1,143 @@
+"""End to end through the CLI with a real local Ray: two groups (built-in task and a JSONL dataset),
+Parquet read back, adapters reloaded with PEFT, and GRPO actually learning."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO, run_cli
+
+STEPS = 16
+
+CONFIG = """
+seed: 3
+steps: {steps}
+eval_prompts: 8
+grpo: {{prompts_per_step: 4, group_size: 8, max_completion_length: 48, lr: 0.003}}
+groups:
+  - name: arith
+    env: {{type: arithmetic, difficulty: 1}}
+    rewards:
+      - {{name: format_exact}}
+      - {{name: answer_numeric}}
+      - {{name: "tests.reward_fixtures:my_reward", weight: 0.0}}
+  - name: data
+    env: {{type: dataset, path: rows.jsonl, template: "{{question}}",
+           system_prompt: "Solve it. Reply as <think>work</think><answer>number</answer>."}}
+    rewards:
+      - {{name: format_exact}}
+      - {{name: "tests.reward_fixtures:contains", params: {{word: "</answer>", value: 0.5}}}}
+      - {{name: "tests.reward_fixtures:broken_reward"}}
+    grpo: {{beta: 0.04, loss_type: grpo}}
+"""
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory, tiny_model_path):
+    from envs.arithmetic import ArithmeticEnv
+
+    d = tmp_path_factory.mktemp("e2e")
+    rows = ArithmeticEnv(seed=11, difficulty=1).batch(0, 40)
+    with open(d / "rows.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps({"question": r["question"], "answer": r["answer"], "source": "synthetic"}) + "\n")
+    (d / "e2e.yaml").write_text(CONFIG.format(steps=STEPS))
+    run_dir = d / "run"
+    proc = run_cli("run", str(d / "e2e.yaml"), "--run-dir", str(run_dir), "-q")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir, proc
+
+
+def test_run_directory_holds_every_table(e2e_run):
+    run_dir, proc = e2e_run
+    steps = pd.read_parquet(run_dir / "steps")
+    assert sorted(zip(steps["step"], steps["group"])) == sorted((s, g) for s in range(1, STEPS + 1) for g in ("arith", "data"))
+    for col in ["reward", "reward/format_exact", "accuracy", "kl", "loss", "grad_norm", "lr", "completion_len_mean",
+                "time/rollout_s", "time/train_s", "time/publish_s", "adapter_version"]:
+        assert col in steps.columns, col
+    assert steps.groupby("group")["adapter_version"].apply(list).map(lambda v: sorted(v) == list(range(STEPS))).all()
+    samples = pd.read_parquet(run_dir / "samples")
+    assert len(samples) == STEPS * 2 * 4 * 8
+    assert {"prompt", "completion", "advantage", "finish_reason", "reward/format_exact"} <= set(samples.columns)
+    # the advantage of every prompt's group sums to ~0 (group-relative)
+    sums = samples.groupby(["step", "group", "prompt_index"])["advantage"].sum()
+    assert sums.abs().max() < 1e-3
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    assert list(board["rank"]) == [1, 2] and set(board["group"]) == {"arith", "data"}
+    assert "leaderboard" in proc.stdout
+    assert (run_dir / "config.yaml").is_file()
+    assert not list(run_dir.rglob(".*.tmp"))  # no half-written part left behind
+
+
+def test_kl_is_computed_only_where_beta_is_set(e2e_run):
+    run_dir, _ = e2e_run
+    steps = pd.read_parquet(run_dir / "steps")
+    assert (steps.loc[steps.group == "arith", "kl"] == 0).all()
+    data = steps[steps.group == "data"].sort_values("step")
+    assert data["kl"].iloc[0] == pytest.approx(0.0, abs=1e-6)  # version 0 is the base itself
+    assert (data["kl"].iloc[2:] > 0).all()
+    # the rollout service served exactly the weights the trainer had: ratios start at 1
+    assert (steps["logprob_mismatch"] < 1e-4).all()
+
+
+def test_broken_reward_is_recorded_not_fatal(e2e_run):
+    run_dir, _ = e2e_run
+    events = pd.read_parquet(run_dir / "events")
+    broken = events[events["detail"].str.contains("boom from broken_reward")]
+    assert set(broken["group"]) == {"data"} and len(broken) == STEPS
+    steps = pd.read_parquet(run_dir / "steps")
+    assert (steps.loc[steps.group == "data", "reward_failures"] == 1).all()
+    assert steps.loc[steps.group == "data", "reward/broken_reward"].isna().all()
+
+
+def test_conversational_user_rewards_ran_unchanged(e2e_run):
+    run_dir, _ = e2e_run
+    samples = pd.read_parquet(run_dir / "samples")
+    data = samples[samples.group == "data"]
+    # contains(word="</answer>", value=0.5) saw the conversational completion's text
+    assert ((data["reward/contains_reward"] == 0.5) == data["completion"].str.contains("</answer>")).all()
+    assert (samples.loc[samples.group == "arith", "reward/my_reward"] >= 0).all()
+
+
+def test_grpo_learns_the_format(e2e_run):
+    """Fails if GRPO is broken (e.g. a flipped advantage sign drives the format reward down)."""
+    run_dir, _ = e2e_run
+    steps = pd.read_parquet(run_dir / "steps").sort_values("step")
+    for group, g in steps.groupby("group"):
+        first = g["reward/format_exact"].head(4).mean()
+        last = g["reward/format_exact"].tail(4).mean()
+        assert last > first + 0.2, f"{group}: format reward {first:.2f} -> {last:.2f}"
+
+
+def test_saved_adapters_reproduce_engine_logprobs(e2e_run, tiny_model_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from engine.grpo import completion_logprobs
+
+    run_dir, _ = e2e_run
+    evals = pd.read_parquet(run_dir / "evals")
+    for group in ("arith", "data"):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+        model = PeftModel.from_pretrained(base, str(run_dir / "adapters" / group)).eval()
+        rows = evals[evals.group == group]
+        assert len(rows) == 8 and (rows["adapter_version"] == STEPS).all()
+        for _, r in rows.head(4).iterrows():
+            ids = torch.tensor([list(r["prompt_ids"]) + list(r["completion_ids"])])
+            with torch.no_grad():
+                lp = completion_logprobs(model, ids, torch.ones_like(ids), len(r["prompt_ids"]), 1.0)[0]
+            assert lp.tolist() == pytest.approx(list(r["logprobs"]), abs=1e-4)
+        # and the adapter is not a no-op: the base alone gives other log-probs
+        with model.disable_adapter(), torch.no_grad():
+            base_lp = completion_logprobs(model, ids, torch.ones_like(ids), len(r["prompt_ids"]), 1.0)[0]
+        assert (base_lp - torch.tensor(list(r["logprobs"]))).abs().max() > 1e-3
+
+
+def test_leaderboard_command_prints_the_run(e2e_run):
+    run_dir, _ = e2e_run
+    proc = run_cli("leaderboard", str(run_dir))
+    assert proc.returncode == 0 and "arith" in proc.stdout and "data" in proc.stdout

@@ -1,0 +1,100 @@
+"""GRPO math checked against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from engine.grpo import (
+    LOSS_AGGREGATION,
+    clipped_token_loss,
+    completion_logprobs,
+    group_advantages,
+    k3_kl,
+)
+
+
+def test_group_advantages_by_hand():
+    # two prompts, G = 2: group 1 rewards (1, 0), group 2 rewards (2, 2)
+    r = torch.tensor([1.0, 0.0, 2.0, 2.0])
+    a = group_advantages(r, 2, "group")
+    # group 1: mean .5, unbiased std sqrt(.5) = .7071 -> +-.5 / (.7071 + 1e-4)
+    expected = 0.5 / (math.sqrt(0.5) + 1e-4)
+    assert a.tolist() == pytest.approx([expected, -expected, 0.0, 0.0], abs=1e-6)
+
+
+def test_batch_scaling_uses_one_std():
+    r = torch.tensor([1.0, 0.0, 2.0, 2.0])
+    a = group_advantages(r, 2, "batch")
+    std = torch.tensor([1.0, 0.0, 2.0, 2.0]).std().item()  # 0.9574
+    assert a.tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0.0, 0.0], abs=1e-6)
+
+
+def test_no_scaling_is_dr_grpo():
+    r = torch.tensor([3.0, 1.0, 0.0, 4.0])
+    assert group_advantages(r, 2, "none").tolist() == [1.0, -1.0, -2.0, 2.0]
+
+
+def test_advantage_sign_follows_reward():
+    r = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    a = group_advantages(r, 4, "group")
+    assert a[1] > 0 and (a[[0, 2, 3]] < 0).all()
+
+
+def test_k3_kl_by_hand():
+    logp = torch.tensor([[math.log(0.5)]])
+    ref = torch.tensor([[math.log(0.25)]])
+    # d = ref - logp = log(.5); exp(d) - d - 1 = .5 - log(.5) - 1
+    assert k3_kl(logp, ref).item() == pytest.approx(0.5 - math.log(0.5) - 1, abs=1e-6)
+    assert k3_kl(logp, logp).item() == 0.0
+
+
+def test_clipped_loss_by_hand():
+    old = torch.zeros(2, 1)
+    logp = torch.log(torch.tensor([[1.5], [0.5]]))  # ratios 1.5 and 0.5
+    adv = torch.tensor([1.0, -1.0])
+    loss, clipped = clipped_token_loss(logp, old, adv, epsilon_low=0.2, epsilon_high=0.28)
+    # positive advantage, ratio 1.5 -> clipped at 1.28: -min(1.5, 1.28) = -1.28
+    # negative advantage, ratio 0.5 -> clip(.5) = .8: -min(-.5, -.8) = .8
+    assert loss.squeeze().tolist() == pytest.approx([-1.28, 0.8], abs=1e-6)
+    assert clipped.squeeze().tolist() == [1.0, 1.0]
+    loss2, clipped2 = clipped_token_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor([2.0]), 0.2, 0.2)
+    assert loss2.item() == pytest.approx(-2.0) and clipped2.item() == 0.0
+
+
+def test_loss_aggregations_by_hand():
+    loss = torch.tensor([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # grpo: mean of per-sequence means = (2 + 2) / 2
+    assert LOSS_AGGREGATION["grpo"](loss, mask, 4).item() == pytest.approx(2.0)
+    # dr_grpo: sum / (B * max_len) = 6 / 8
+    assert LOSS_AGGREGATION["dr_grpo"](loss, mask, 4).item() == pytest.approx(0.75)
+    # dapo: sum / tokens = 6 / 3
+    assert LOSS_AGGREGATION["dapo"](loss, mask, 4).item() == pytest.approx(2.0)
+    loss[0, 1] = 6.0  # longer sequence weighs more under dapo than grpo
+    assert LOSS_AGGREGATION["dapo"](loss, mask, 4).item() == pytest.approx(3.0)
+    assert LOSS_AGGREGATION["grpo"](loss, mask, 4).item() == pytest.approx(2.75)
+
+
+def test_gradient_pushes_up_positive_advantage_tokens():
+    logits = torch.zeros(1, 4, requires_grad=True)
+    logp = torch.log_softmax(logits, -1)[:, :1]  # log-prob of token 0, [1, 1]
+    loss, _ = clipped_token_loss(logp, logp.detach(), torch.tensor([1.0]), 0.2, 0.2)
+    loss.sum().backward()
+    assert logits.grad[0, 0] < 0  # descending the loss raises token 0's logit
+
+
+def test_completion_logprobs_ignores_left_padding():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    prompt, completion = [5, 6, 7], [8, 9]
+    alone = completion_logprobs(model, torch.tensor([prompt + completion]), torch.ones(1, 5, dtype=torch.long), 3, 1.0)
+    padded = completion_logprobs(model, torch.tensor([[0, 0] + prompt + completion]),
+                                 torch.tensor([[0, 0, 1, 1, 1, 1, 1]]), 5, 1.0)
+    assert torch.allclose(alone, padded, atol=1e-5)
+    logits = model(torch.tensor([prompt + completion])).logits[0]
+    by_hand = [torch.log_softmax(logits[2], -1)[8].item(), torch.log_softmax(logits[3], -1)[9].item()]
+    assert alone[0].tolist() == pytest.approx(by_hand, abs=1e-5)
