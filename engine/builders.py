@@ -41,7 +41,7 @@ def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
         for k in range(spec.num_groups):
             name = spec.name if spec.num_groups == 1 else f"{spec.name}-{k}"
             plans.append(GroupPlan(
-                name=name, cohort=spec.name, seed=base_seed + k, env=env, rewards=rewards,
+                name=name, cohort=spec.cohort or spec.name, seed=base_seed + k, env=env, rewards=rewards,
                 tags=spec.format.model_dump(), grpo=spec.grpo.model_dump(), lora=spec.lora.model_dump(),
                 extra_sys_path=[str(Path.cwd()), str(config_dir)],
             ))

@@ -3,7 +3,10 @@
     lorapop run                                  # configs/default.yaml: 3 groups on builtin:tiny, CPU
     lorapop run configs/default.yaml steps=5 grpo.lr=1e-3 --run-dir runs/try
     lorapop run my.yaml --address auto           # on an existing Ray cluster
-    lorapop leaderboard runs/<run>
+    lorapop run --resume runs/<run>              # continue after the last checkpoint
+    lorapop leaderboard runs/<run> [--format table|csv|json|markdown]
+    lorapop leaderboard runs                     # every run under a directory, compared
+    lorapop plot runs/<run>                      # runs/<run>/plot.png
 
 Bad input (config, dataset, reward function, argument) prints one clear message naming the field,
 file or line and exits with status 2 before anything is written.
@@ -20,7 +23,7 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a population of LoRA adapters with GRPO.")
 err = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)  # piped output: tables are not squeezed to 80 columns
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -37,13 +40,29 @@ def run(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. steps=5 grpo.lr=1e-3 groups.0.env.difficulty=2."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default: <output_dir>/<config>-<timestamp>); must not exist."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address ('auto', 'ray://head:10001'); default: embedded local Ray."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory after its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress view."),
 ) -> None:
     """Train the population described by CONFIG and write Parquet results to the run directory."""
-    from engine.coordinator import default_run_dir, run as run_population
+    from engine.coordinator import default_run_dir, resume as resume_population, run as run_population
     from engine.loading import ConfigError, load_config
     from engine.progress import LiveProgress, leaderboard_table
 
+    if resume is not None:
+        if config or overrides or run_dir:
+            _fail("--resume takes the run directory only: its config.yaml is the config")
+        if not (resume / "config.yaml").is_file():
+            _fail(f"{resume}: not a lorapop run directory (no config.yaml)")
+        cfg, _ = load_config(resume / "config.yaml")
+        progress = None if quiet else LiveProgress(out, cfg)
+        try:
+            with progress or _Null():
+                summary = resume_population(resume, on_step=progress.update if progress else None,
+                                            log=lambda m: err.print(m, highlight=False))
+        except (ConfigError, NotImplementedError) as e:
+            _fail(str(e))
+        _finish(summary)
+        return
     overrides = list(overrides or [])
     if config is not None and "=" in config and not Path(config).exists():
         overrides.insert(0, config)  # `lorapop run steps=5`: no config file, just overrides
@@ -62,27 +81,57 @@ def run(
         with progress or _Null():
             summary = run_population(cfg, config_dir, target, on_step=progress.update if progress else None,
                                      log=lambda m: err.print(m, highlight=False))
-    except ConfigError as e:
+    except (ConfigError, NotImplementedError) as e:
         _fail(str(e))
-    except NotImplementedError as e:
-        _fail(str(e))
+    _finish(summary)
+
+
+def _finish(summary) -> None:
+    from engine.progress import leaderboard_table
+
     out.print(leaderboard_table(summary.leaderboard, title=f"leaderboard — {summary.run_dir}"))
     out.print(f"results: {summary.run_dir}  ({summary.seconds:.0f}s)")
     if summary.failed_groups:
-        _fail(f"groups failed: {', '.join(summary.failed_groups)}", EXIT_FAILED)
+        _fail(f"groups failed: {', '.join(summary.failed_groups)} (see events/)", EXIT_FAILED)
 
 
 @app.command()
-def leaderboard(run_dir: Path = typer.Argument(..., help="A run directory written by `lorapop run`.")) -> None:
-    """Print a run's leaderboard again."""
-    import pandas as pd
+def leaderboard(
+    path: Path = typer.Argument(..., help="A run directory, or a directory of runs to compare across."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | markdown"),
+) -> None:
+    """Rank a run's groups by score (or every run's groups under a directory of runs)."""
+    from engine.progress import leaderboard_table, load_leaderboards
 
-    from engine.progress import leaderboard_table
+    if fmt not in ("table", "csv", "json", "markdown"):
+        _fail(f"--format: expected table, csv, json or markdown, got {fmt!r}")
+    try:
+        board = load_leaderboards(path)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if fmt == "table":
+        out.print(leaderboard_table(board, title=f"leaderboard — {path}"))
+    elif fmt == "csv":
+        sys.stdout.write(board.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(board.to_json(orient="records", indent=1) + "\n")
+    else:
+        sys.stdout.write(board.to_markdown(index=False) + "\n")
 
-    path = run_dir / "leaderboard.parquet"
-    if not path.is_file():
-        _fail(f"{path}: no leaderboard (is {run_dir} a finished lorapop run directory?)")
-    out.print(leaderboard_table(pd.read_parquet(path), title=f"leaderboard — {run_dir}"))
+
+@app.command()
+def plot(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG path (default RUN_DIR/plot.png)."),
+) -> None:
+    """Write a PNG of each group's reward and accuracy over steps, rebalancing events marked."""
+    from engine.plots import plot_run
+
+    try:
+        path = plot_run(run_dir, output)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    out.print(f"wrote {path}")
 
 
 class _Null:

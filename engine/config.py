@@ -101,6 +101,7 @@ class GroupSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Group name; replicas get '-0', '-1', ... appended.")
     num_groups: int = Field(1, ge=1, description="Replicate this spec N times with different seeds (a cohort).")
+    cohort: str | None = Field(None, description="Cohort this group is compared within; default: its spec name (so replicas form one cohort).")
     seed: int | None = Field(None, description="Seed of this group (replica k uses seed + k); default derived from the run seed.")
     env: EnvConfig = Field(default_factory=ArithmeticEnvConfig, description="Where prompts come from.")
     format: TagFormat = Field(default_factory=TagFormat, description="Answer tags asked for by the prompt and checked by built-in rewards.")
@@ -125,6 +126,28 @@ class TinyModelConfig(_Strict):
     seed: int = Field(0, description="Seed of the weights and the format-phase data.")
 
 
+class PopulationConfig(_Strict):
+    """How groups are compared and rebalanced (Ray Tune PBT / Isaac Lab threshold PBT)."""
+
+    eval_interval: int = Field(0, ge=0, description="Held-out evaluation every N steps (0: only after the last step).")
+    eval_temperature: float = Field(0.0, ge=0, description="0: greedy evaluation; > 0: fixed-seed sampling at this temperature.")
+    eval_samples: int = Field(1, ge=1, description="Completions per held-out prompt (with eval_temperature > 0).")
+    score_metric: Literal["train_reward", "eval_reward", "eval_accuracy"] = Field(
+        "train_reward", description="What a group is scored by: rolling train reward, or the latest held-out reward/accuracy.")
+    score_window: int = Field(5, ge=1, description="Steps in the rolling mean of the train reward.")
+    strategy: Literal["exploit_explore", "reallocate", "none"] = Field("none", description="Rebalancing strategy.")
+    rebalance_frequency: int = Field(100, ge=1, description="Consider rebalancing every N steps.")
+    performance_threshold: float = Field(0.1, ge=0, description="Rebalance a group whose relative gap to its cohort's best, (best - score) / |best|, exceeds this.")
+    quantile_fraction: float = Field(0.25, gt=0, le=1, description="exploit_explore: donors are drawn from this top fraction of the cohort (at least one).")
+    perturbation_factors: tuple[float, float] = Field((0.8, 1.2), description="exploit_explore: each perturbed hyper-parameter is multiplied by one of these.")
+    perturb: list[Literal["lr", "temperature", "beta"]] = Field(["lr", "temperature", "beta"], description="exploit_explore: hyper-parameters to perturb.")
+    reallocate_prompts: int = Field(1, ge=1, description="reallocate: prompts per step moved from a trailing group to its cohort's best.")
+    min_prompts_per_step: int = Field(1, ge=1, description="reallocate: no group goes below this many prompts per step.")
+    checkpoint_interval: int = Field(1, ge=1, description="Checkpoint (adapters, optimizer and RNG states, coordinator) every N steps; resume and recovery start from the latest.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    max_restarts: int = Field(2, ge=0, description="Restarts of a failing group actor before the group is marked failed.")
+
+
 class RayConfig(_Strict):
     """Where the actors run."""
 
@@ -146,7 +169,8 @@ class RunConfig(_Strict):
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="Run-level GRPO defaults.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Run-level LoRA defaults.")
     samples_per_step: int = Field(-1, ge=-1, description="Completions per group and step written to samples/ (-1: all).")
-    eval_prompts: int = Field(16, ge=0, description="Held-out prompts per group scored greedily after the last step (0: none).")
+    eval_prompts: int = Field(16, ge=0, description="Held-out prompts per group in each evaluation (0: no evaluation).")
+    population: PopulationConfig = Field(default_factory=PopulationConfig, description="Evaluation, scoring, rebalancing, checkpoints, recovery.")
     groups: list[GroupSpec] = Field(min_length=1, description="The population.")
 
     @model_validator(mode="before")

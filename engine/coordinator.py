@@ -1,21 +1,24 @@
-"""The coordinator: builds the population on Ray, steps every group, and writes the results.
+"""The coordinator: the training loop of the whole population, written out in the open.
 
-    plans   = group_plans(cfg)                       # config -> plain per-group plans
-    preflight(plans)                                 # envs and rewards build here first: bad input fails before any write
-    rollout = one actor with the base + one adapter per group
-    groups  = one GroupActor per plan
-    for step in 1..steps:
-        requests = [g.rollout_request(step)]         # all groups
-        results  = rollout.generate(requests)        # one batched call
-        rows     = [g.learn(step, r)]                # in parallel; each publishes its new adapter
-        write steps/ samples/ events/ parts
-    held-out eval, adapters, leaderboard
+    plans = group_plans(cfg)                   # config -> plain per-group plans
+    preflight(plans)                           # envs and rewards build here first: bad input fails before any write
+    population = Population(plans)             # rollout actor + one GroupActor per group (engine/population.py)
+    for step in start+1 .. steps:
+        outs, events = population.step(step)   # all groups' rollouts in one batch, then each group's GRPO step
+        evaluate every eval_interval steps     # held-out reward / accuracy / format rate
+        rebalance every rebalance_frequency    # groups/rebalance.py: exploit_explore | reallocate | none
+        write steps/ samples/ evals/ events/ parts, then checkpoint
+    adapters, leaderboard
+
+``run`` starts a fresh run; ``resume`` continues a run directory after its last checkpoint and
+produces the same rows an uninterrupted run would have (timings aside).
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,9 +28,13 @@ from typing import Any, Callable
 import pandas as pd
 
 from engine.builders import GroupPlan, build_env, build_rewards, group_plans
+from engine.checkpoint import commit_checkpoint, discard_after, latest_checkpoint
 from engine.config import RunConfig
-from engine.loading import ConfigError, dump_config
-from engine.results import RunWriter, write_atomic_bytes
+from engine.faults import ENV as FAULTS_ENV
+from engine.loading import ConfigError, dump_config, load_config
+from engine.results import RunWriter, event_row, read_table, write_atomic_bytes
+from engine.scores import group_scores, leaderboard
+from groups.rebalance import STRATEGIES, relative_gaps
 
 
 @dataclass
@@ -43,7 +50,7 @@ def preflight(plans: list[GroupPlan]) -> None:
     from envs.dataset import DatasetError
     from rewards.registry import RewardLoadError
 
-    for i, plan in enumerate(plans):
+    for plan in plans:
         try:
             env = build_env(plan.env, plan.seed, plan.tags)
             rows = env.batch(0, 1)
@@ -67,7 +74,6 @@ def resolve_backend(backend: str) -> str:
         return backend
     try:
         import torch
-
         import vllm  # noqa: F401
 
         return "vllm" if torch.cuda.is_available() else "hf"
@@ -84,8 +90,10 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                              "runtime_env": {"env_vars": dict(WORKER_ENV)}}
+    env = dict(WORKER_ENV)
+    if os.environ.get(FAULTS_ENV):  # fault injection (tests) reaches the actors too
+        env[FAULTS_ENV] = os.environ[FAULTS_ENV]
+    kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -93,100 +101,123 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict], None] | None = None,
-        log: Callable[[str], None] = print) -> RunSummary:
-    """Train the population described by ``cfg``; results go to ``run_dir`` (must not exist)."""
-    t_start = time.time()
+def _prepare(cfg: RunConfig, config_dir: Path, log) -> tuple[list[GroupPlan], str]:
     try:
         plans = group_plans(cfg, config_dir)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     preflight(plans)
-    if run_dir.exists():
-        raise ConfigError(f"{run_dir}: run directory already exists; choose another --run-dir or run_name")
-    backend = resolve_backend(cfg.backend)
-    if backend != "hf":
+    if resolve_backend(cfg.backend) != "hf":
         raise NotImplementedError("backend 'vllm' is issue #5 (vLLM multi-LoRA rollout backend); use backend: hf")
     from engine.models import resolve_base_model
 
-    model_path = resolve_base_model(cfg.base_model, cfg.tiny_model.model_dump(), log=log)
+    return plans, resolve_base_model(cfg.base_model, cfg.tiny_model.model_dump(), log=log)
 
+
+def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict], None] | None = None,
+        log: Callable[[str], None] = print) -> RunSummary:
+    """Train the population described by ``cfg``; results go to ``run_dir`` (must not exist)."""
+    t_start = time.time()
+    plans, model_path = _prepare(cfg, config_dir, log)
+    if run_dir.exists():
+        raise ConfigError(f"{run_dir}: run directory already exists; choose another --run-dir or run_name, or --resume it")
     run_dir.mkdir(parents=True)
     write_atomic_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
+    write_atomic_bytes(run_dir / "run.json", json.dumps({"config_dir": str(config_dir)}).encode())
+    return _train(cfg, plans, model_path, run_dir, 0, {}, on_step, log, t_start)
+
+
+def resume(run_dir: Path, on_step: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> RunSummary:
+    """Continue ``run_dir`` after its last checkpoint; later part files are discarded and redone."""
+    t_start = time.time()
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: not a lorapop run directory (no config.yaml)")
+    cfg, _ = load_config(run_dir / "config.yaml")
+    config_dir = Path(json.loads((run_dir / "run.json").read_text())["config_dir"])
+    plans, model_path = _prepare(cfg, config_dir, log)
+    found = latest_checkpoint(run_dir)
+    step, state = (found[0], found[2]) if found else (0, {})
+    removed = discard_after(run_dir, step)
+    log(f"resuming {run_dir} after step {step} ({len(removed)} later files discarded)")
+    return _train(cfg, plans, model_path, run_dir, step, state, on_step, log, t_start)
+
+
+def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Path, start: int, state: dict,
+           on_step, log, t_start: float) -> RunSummary:
+    from engine.population import Population
+
+    pop_cfg = cfg.population
     writer = RunWriter(run_dir)
-
-    import ray
-
-    from groups.actor import GroupActor, default_threads
-    from engine.rollout.hf import HFRollout
-
+    cohorts = {p.name: p.cohort for p in plans}
+    history = read_table(run_dir, "steps").to_dict("records")
+    evals = read_table(run_dir, "evals").to_dict("records")
     started = _init_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
-        rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, {p.name: p.lora for p in plans})
-        threads = default_threads(len(plans))
-        actors = [ray.remote(num_cpus=0)(GroupActor).remote(p, model_path, rollout, threads) for p in plans]
-        ray.get([a.publish.remote() for a in actors])  # version 0 (== base) on the rollout service
-        history: list[dict] = []
-        for step in range(1, cfg.steps + 1):
-            requests = ray.get([a.rollout_request.remote(step) for a in actors])
-            t0 = time.perf_counter()
-            results = ray.get(rollout.generate.remote(requests))
-            generate_s = time.perf_counter() - t0
-            outs = ray.get([a.learn.remote(step, r) for a, r in zip(actors, results)])
-            metrics = [{**o["metrics"], "time/step_generate_s": generate_s} for o in outs]
-            samples = [s for o in outs for s in _subsample(o["samples"], cfg.samples_per_step)]
-            events = [{"step": step, "group": o["metrics"]["group"], "kind": "reward_failure", "detail": f"{fn}: {err}"}
-                      for o in outs for fn, err in o["failures"].items()]
+        population = Population(plans, model_path, run_dir, pop_cfg.max_restarts, log)
+        population.failed = list(state.get("failed", []))
+        population.restarts.update(state.get("restarts", {}))
+        population.start(start or None)
+        for step in range(start + 1, cfg.steps + 1):
+            # 1. every live group's GRPO step (rollouts batched across groups)
+            outs, events = population.step(step)
+            metrics = [o["metrics"] for o in outs]
+            samples = [s for o in outs for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])]
+            events += [event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
+                       for o in outs for fn, err in o["failures"].items()]
+            history.extend(metrics)
+            # 2. held-out evaluation
+            eval_rows = []
+            if cfg.eval_prompts > 0 and (step == cfg.steps or (pop_cfg.eval_interval and step % pop_cfg.eval_interval == 0)):
+                eval_rows = population.evaluate(step, cfg.eval_prompts, pop_cfg.eval_temperature, pop_cfg.eval_samples)
+                evals.extend(eval_rows)
+            # 3. rebalancing
+            if pop_cfg.strategy != "none" and step % pop_cfg.rebalance_frequency == 0 and step < cfg.steps:
+                events += _rebalance(population, step, cfg, cohorts, history, evals)
+            # 4. results, then the checkpoint that resume starts from
             writer.write_part("steps", metrics, step)
             writer.write_part("samples", samples, step)
+            writer.write_part("evals", eval_rows, step)
             writer.write_part("events", events, step)
-            history.extend(metrics)
+            if step % pop_cfg.checkpoint_interval == 0 or step == cfg.steps:
+                population.save_checkpoints(step)
+                commit_checkpoint(run_dir, step, {"step": step, "failed": population.failed,
+                                                  "restarts": population.restarts}, pop_cfg.keep_checkpoints)
             for m in metrics:
                 if on_step:
                     on_step(m)
-        eval_rows = _evaluate(actors, rollout, cfg.eval_prompts, cfg.steps) if cfg.eval_prompts > 0 else []
-        writer.write_part("evals", eval_rows, cfg.steps)
-        adapter_dirs = {p.name: str(run_dir / "adapters" / p.name) for p in plans}
-        ray.get([a.save_adapter.remote(adapter_dirs[p.name]) for a, p in zip(actors, plans)])
-        board = leaderboard(pd.DataFrame(history), pd.DataFrame(eval_rows), adapter_dirs)
+        adapter_dirs = population.save_adapters()
+        board = leaderboard(pd.DataFrame(history), pd.DataFrame(evals), cohorts, adapter_dirs, population.failed,
+                            pop_cfg.score_metric, pop_cfg.score_window)
         writer.write_leaderboard(board)
     finally:
         if started:
+            import ray
+
             ray.shutdown()
-    return RunSummary(run_dir=run_dir, leaderboard=board, seconds=time.time() - t_start)
+    return RunSummary(run_dir=run_dir, leaderboard=board, seconds=time.time() - t_start, failed_groups=population.failed)
 
 
-def _subsample(samples: list[dict], k: int) -> list[dict]:
-    return samples if k < 0 else samples[:k]
-
-
-def _evaluate(actors: list, rollout, n: int, step: int) -> list[dict]:
-    import ray
-
-    requests = ray.get([a.eval_request.remote(n) for a in actors])
-    results = ray.get(rollout.generate.remote(requests))
-    return [row for rows in ray.get([a.evaluate.remote(step, r) for a, r in zip(actors, results)]) for row in rows]
-
-
-def leaderboard(steps: pd.DataFrame, evals: pd.DataFrame, adapter_dirs: dict[str, str], window: int = 5) -> pd.DataFrame:
-    """One row per group, ranked by score: held-out eval reward where there is one, else the mean
-    train reward of the last ``window`` steps."""
-    rows = []
-    for group, g in steps.groupby("group", sort=False):
-        g = g.sort_values("step")
-        smooth = g["reward"].rolling(window, min_periods=1).mean()
-        e = evals[evals["group"] == group] if len(evals) else evals
-        eval_reward = float(e["reward"].mean()) if len(e) else math.nan
-        eval_acc = float(e["correct"].mean()) if len(e) else math.nan
-        train_score = float(smooth.iloc[-1])
-        rows.append({
-            "group": group, "cohort": g["cohort"].iloc[0],
-            "score": eval_reward if not math.isnan(eval_reward) else train_score,
-            "eval_reward": eval_reward, "eval_accuracy": eval_acc,
-            "train_reward_first": float(g["reward"].iloc[: min(window, len(g))].mean()),
-            "train_reward_last": train_score, "best_step": int(g["step"].iloc[int(smooth.values.argmax())]),
-            "steps": int(g["step"].max()), "adapter_path": os.path.abspath(adapter_dirs.get(group, "")),
-        })
-    board = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-    board.insert(0, "rank", range(1, len(board) + 1))
-    return board
+def _rebalance(population, step: int, cfg: RunConfig, cohorts: dict[str, str], history: list[dict],
+               evals: list[dict]) -> list[dict]:
+    """Score, pick the strategy's decisions, apply them; one event row per decision."""
+    pop_cfg = cfg.population
+    live = {g: c for g, c in cohorts.items() if g in population.live}
+    scores = group_scores(pd.DataFrame(history), pd.DataFrame(evals), list(live), pop_cfg.score_metric, pop_cfg.score_window)
+    rng = random.Random(f"rebalance:{cfg.seed}:{step}")
+    strategy = STRATEGIES[pop_cfg.strategy]
+    decisions = strategy(scores, live, population.hparams(), pop_cfg.performance_threshold, rng,
+                         **pop_cfg.model_dump(include={"quantile_fraction", "perturbation_factors", "perturb",
+                                                       "reallocate_prompts", "min_prompts_per_step"}))
+    events = []
+    for d in decisions:
+        population.apply(d)
+        events.append(event_row(step, d.group, "rebalance", d.action, donor=d.donor, gap=d.gap, score=d.score,
+                                donor_score=d.donor_score, old=json.dumps(d.old, sort_keys=True),
+                                new=json.dumps(d.new, sort_keys=True)))
+    gaps = relative_gaps(scores, live)
+    for g in sorted(live):
+        if g not in {d.group for d in decisions}:
+            events.append(event_row(step, g, "score", "within threshold" if not gaps[g][0] > pop_cfg.performance_threshold
+                                    else "trailing, no action", gap=gaps[g][0], score=scores[g],
+                                    donor=gaps[g][1], donor_score=scores[gaps[g][1]]))
+    return events

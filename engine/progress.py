@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
@@ -43,9 +44,28 @@ def _fmt(x) -> str:
     return f"{x:.3f}"
 
 
+def load_leaderboards(path: Path) -> pd.DataFrame:
+    """A run's leaderboard, or, for a directory of runs, every run's groups ranked together (column ``run``)."""
+    path = Path(path)
+    if (path / "leaderboard.parquet").is_file():
+        return pd.read_parquet(path / "leaderboard.parquet")
+    boards = []
+    for lb in sorted(path.glob("*/leaderboard.parquet")):
+        b = pd.read_parquet(lb).drop(columns=["rank"])
+        b.insert(0, "run", lb.parent.name)
+        boards.append(b)
+    if not boards:
+        raise FileNotFoundError(f"{path}: no leaderboard.parquet here or in its subdirectories (is it a finished lorapop run?)")
+    board = pd.concat(boards, ignore_index=True)
+    board = board.sort_values(["status", "score"], ascending=[False, False], kind="stable").reset_index(drop=True)
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board
+
+
 def leaderboard_table(board: pd.DataFrame, title: str = "leaderboard") -> Table:
     table = Table(title=title)
-    cols = ["rank", "group", "cohort", "score", "eval_accuracy", "train_reward_first", "train_reward_last", "best_step"]
+    cols = ["rank", "run", "group", "cohort", "status", "score", "relative_gap", "eval_accuracy", "eval_format",
+            "train_reward_first", "train_reward_last", "best_step"]
     cols = [c for c in cols if c in board.columns]
     for c in cols:
         table.add_column(c, justify="right" if c not in ("group", "cohort") else "left")

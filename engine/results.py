@@ -19,8 +19,26 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+
+from engine.faults import fault_point
 
 TABLES = ("steps", "samples", "evals", "events")
+
+# events mix kinds whose optional columns may all be empty in one part: a fixed schema keeps every
+# part readable as one table
+EVENT_SCHEMA = pa.schema([
+    ("step", pa.int64()), ("group", pa.string()), ("kind", pa.string()), ("detail", pa.string()),
+    ("donor", pa.string()), ("gap", pa.float64()), ("score", pa.float64()), ("donor_score", pa.float64()),
+    ("old", pa.string()), ("new", pa.string()),
+])
+
+
+def event_row(step: int, group: str, kind: str, detail: str = "", **extra) -> dict:
+    """One ``events/`` row (restart, failed, rebalance, reward_failure, ...)."""
+    row = {name: None for name in EVENT_SCHEMA.names}
+    row.update(step=step, group=group, kind=kind, detail=detail, **extra)
+    return row
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:
@@ -32,12 +50,15 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_parquet(path: Path, rows: list[dict] | pd.DataFrame) -> Path:
+def write_parquet(path: Path, rows: list[dict] | pd.DataFrame, schema: pa.Schema | None = None,
+                  before_rename=None) -> Path:
     """Write rows whole to ``path`` via a hidden temporary file and an atomic rename."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
+    df.to_parquet(tmp, index=False, schema=schema)
+    if before_rename:
+        before_rename()
     os.replace(tmp, path)
     return path
 
@@ -54,7 +75,9 @@ class RunWriter:
             raise ValueError(f"unknown table {table!r}")
         if not rows:
             return None
-        return write_parquet(self.run_dir / table / f"part-{index:06d}.parquet", rows)
+        return write_parquet(self.run_dir / table / f"part-{index:06d}.parquet", rows,
+                             schema=EVENT_SCHEMA if table == "events" else None,
+                             before_rename=(lambda: fault_point("parquet", index)) if table == "samples" else None)
 
     def write_leaderboard(self, df: pd.DataFrame) -> Path:
         return write_parquet(self.run_dir / "leaderboard.parquet", df)

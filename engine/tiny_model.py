@@ -120,8 +120,10 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from engine.models import quiet_libraries
     from envs.arithmetic import ArithmeticEnv
 
+    quiet_libraries()
     torch.manual_seed(seed)
     tok = build_tokenizer()
     config = LlamaConfig(

@@ -17,10 +17,13 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from engine.builders import GroupPlan, accuracy_fn, build_env, build_rewards
+from engine.faults import group_fault
 from engine.rollout.types import RolloutRequest, RolloutResult
+from rewards.registry import load_reward
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -46,6 +49,7 @@ class GroupActor:
         self.env = build_env(plan.env, plan.seed, plan.tags)
         self.reward_fns = build_rewards(plan.rewards, plan.tags)
         self.is_correct = accuracy_fn(plan.tags)
+        self.is_formatted = load_reward("format_exact", defaults=plan.tags)
         self.tokenizer = load_tokenizer(model_path)
         torch.manual_seed(plan.seed)  # LoRA A init; B starts at zero, so version 0 == the base
         self.model = get_peft_model(load_base(model_path), peft_lora_config(**plan.lora))
@@ -69,6 +73,55 @@ class GroupActor:
         t0 = time.perf_counter()
         ray.get(self.rollout.publish.remote(self.name, self.version, self.adapter_state()))
         return time.perf_counter() - t0
+
+    def get_state(self) -> dict:
+        """Everything that defines this group's training from here on: adapter, optimizer, RNG, hyper-parameters."""
+        import torch
+
+        return {"adapter": self.adapter_state(), "optimizer": self.optimizer.state_dict(), "hp": dict(self.hp),
+                "version": self.version, "torch_rng": torch.get_rng_state()}
+
+    def set_state(self, state: dict, hp: dict | None = None, bump_version: bool = False) -> int:
+        """Load a state (own checkpoint, or a donor's for exploit_explore) and publish it; returns the version served."""
+        import copy
+
+        import torch
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, state["adapter"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.set_hparams(**(hp or state["hp"]))
+        self.version = self.version + 1 if bump_version else state["version"]
+        if not bump_version:
+            torch.set_rng_state(state["torch_rng"])
+        self.publish()
+        return self.version
+
+    def set_hparams(self, **hp) -> dict:
+        """Change hyper-parameters (rebalancing); the learning rate goes into the optimizer too."""
+        unknown = set(hp) - set(self.hp)
+        if unknown:
+            raise KeyError(f"unknown hyper-parameters {sorted(unknown)}")
+        self.hp.update(hp)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.hp["lr"]
+        return dict(self.hp)
+
+    def save_checkpoint(self, path: str) -> str:
+        """``torch.save`` of ``get_state()``, written whole and renamed into place."""
+        import torch
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        torch.save(self.get_state(), tmp)
+        os.replace(tmp, target)
+        return path
+
+    def load_checkpoint(self, path: str) -> int:
+        import torch
+
+        return self.set_state(torch.load(path, weights_only=False))
 
     def save_adapter(self, path: str) -> str:
         """PEFT format (adapter_config.json + adapter_model.safetensors); loads with PeftModel.from_pretrained."""
@@ -119,6 +172,7 @@ class GroupActor:
         from engine.grpo import LOSS_AGGREGATION, clipped_token_loss, completion_logprobs, group_advantages, k3_kl, masked_mean
 
         hp, G, rows = self.hp, self.hp["group_size"], self._rows
+        group_fault(self.name, step)
         t0 = time.perf_counter()
         # 3. rewards
         texts, scored, correct = self._score(rows, result, G)
@@ -158,6 +212,7 @@ class GroupActor:
             "kl": masked_mean(kl.detach(), mask), "clip_ratio": masked_mean(clipped, mask),
             "logprob_mismatch": masked_mean((logp.detach() - batch["old_logp"]).abs(), mask) if hp["num_iterations"] == 1 else math.nan,
             "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "temperature": hp["temperature"],
+            "beta": hp["beta"], "prompts_per_step": hp["prompts_per_step"],
             "completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
             "truncated_frac": sum(f == "length" for f in result.finish_reasons) / len(lengths),
             "time/rollout_s": result.seconds, "time/train_s": train_s, "time/publish_s": publish_s,
@@ -190,19 +245,25 @@ class GroupActor:
 
     # --- held-out evaluation ----------------------------------------------------------------------
 
-    def eval_request(self, n: int) -> RolloutRequest:
-        """Greedy completions for ``n`` held-out rows."""
+    def eval_request(self, step: int, n: int, temperature: float = 0.0, samples: int = 1) -> RolloutRequest:
+        """Held-out rows: greedy (``temperature == 0``) or fixed-seed sampling, the same seed at every evaluation."""
         self._eval_rows = self.env.eval_rows(n)
-        return RolloutRequest(group=self.name, prompt_ids=self._encode_prompts(self._eval_rows), n=1,
-                              max_new_tokens=self.hp["max_completion_length"], greedy=True)
+        self._eval_n = 1 if temperature == 0 else samples
+        return RolloutRequest(group=self.name, prompt_ids=self._encode_prompts(self._eval_rows), n=self._eval_n,
+                              max_new_tokens=self.hp["max_completion_length"], greedy=temperature == 0,
+                              temperature=temperature or 1.0, seed=step_seed(self.plan.seed, -1))
 
     def evaluate(self, step: int, result: RolloutResult) -> list[dict]:
-        texts, scored, correct = self._score(self._eval_rows, result, 1)
+        """One row per held-out completion: reward per function, correctness, format, token ids and log-probs."""
+        n = self._eval_n
+        texts, scored, correct = self._score(self._eval_rows, result, n)
+        formatted = self.is_formatted(None, texts)
         return [{
-            "step": step, "group": self.name, "prompt_index": i, "prompt": self.tokenizer.decode(result.prompt_ids[i]),
-            "completion": texts[i], "answer": str(self._eval_rows[i].get("answer")), "reward": scored.total[i],
+            "step": step, "group": self.name, "prompt_index": i // n, "sample_index": i % n,
+            "prompt": self.tokenizer.decode(result.prompt_ids[i]), "completion": texts[i],
+            "answer": str(self._eval_rows[i // n].get("answer")), "reward": scored.total[i],
             **{f"reward/{k}": v[i] for k, v in scored.per_function.items()}, "correct": correct[i],
-            "adapter_version": result.adapter_version, "prompt_ids": result.prompt_ids[i],
+            "format_ok": formatted[i], "adapter_version": result.adapter_version, "prompt_ids": result.prompt_ids[i],
             "completion_ids": result.completion_ids[i], "logprobs": result.logprobs[i],
         } for i in range(len(texts))]
 

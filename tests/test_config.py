@@ -84,3 +84,8 @@ def test_every_shipped_config_validates():
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         cfg, d = load_config(path)
         assert group_plans(cfg, d)
+
+
+def test_explicit_cohort_groups_specs_together(tmp_path):
+    cfg, d = load_config(write(tmp_path, "groups:\n  - {name: a, num_groups: 2, cohort: c}\n  - {name: b, cohort: c}\n  - {name: z}\n"))
+    assert [(p.name, p.cohort) for p in group_plans(cfg, d)] == [("a-0", "c"), ("a-1", "c"), ("b", "c"), ("z", "z")]
