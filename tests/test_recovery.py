@@ -1,0 +1,65 @@
+"""Actor recovery: a group actor killed mid-run is restarted from its checkpoint with no step lost;
+a group that keeps failing is marked failed while the others finish, and the exit status says so."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tests.conftest import run_cli
+
+CONFIG = """
+seed: 4
+steps: 5
+eval_prompts: 2
+grpo: {prompts_per_step: 2, group_size: 4, max_completion_length: 32, lr: 0.003}
+population: {max_restarts: 2}
+groups:
+  - {name: a}
+  - {name: b}
+"""
+
+
+def test_killed_group_actor_is_restarted_without_lost_steps(tmp_path, tiny_model_path):
+    import ray
+
+    from engine.coordinator import run
+    from engine.loading import load_config
+    from engine.population import actor_name
+
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    cfg, config_dir = load_config(tmp_path / "c.yaml")
+    run_dir = tmp_path / "run"
+    killed = []
+
+    def kill_b_after_step_2(row: dict) -> None:
+        if row["step"] == 2 and row["group"] == "b" and not killed:
+            ray.kill(ray.get_actor(actor_name(run_dir, "b"), namespace="lorapop"), no_restart=True)
+            killed.append(row["step"])
+
+    summary = run(cfg, config_dir, run_dir, on_step=kill_b_after_step_2, log=lambda m: None)
+    assert killed == [2] and summary.failed_groups == []
+    steps = pd.read_parquet(run_dir / "steps")
+    assert sorted(zip(steps["step"], steps["group"])) == [(s, g) for s in range(1, 6) for g in ("a", "b")]
+    events = pd.read_parquet(run_dir / "events")
+    (restart,) = events[events.kind == "restart"].itertuples()
+    assert restart.group == "b" and restart.step == 3 and "checkpoint step 2" in restart.detail
+    # restored from the step-2 checkpoint: the adapter version carries on (2 -> served at step 3)
+    b = steps[steps.group == "b"].set_index("step")
+    assert list(b["adapter_version"]) == [0, 1, 2, 3, 4]
+    assert set(pd.read_parquet(run_dir / "leaderboard.parquet")["status"]) == {"ok"}
+
+
+def test_group_that_keeps_failing_is_marked_failed(tmp_path, tiny_model_path):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "-q", env={"LORAPOP_FAULTS": "raise:b:3"})
+    assert proc.returncode == 1 and "groups failed: b" in proc.stderr
+    steps = pd.read_parquet(run_dir / "steps")
+    assert sorted(steps.loc[steps.group == "a", "step"]) == [1, 2, 3, 4, 5]  # the others go on
+    assert sorted(steps.loc[steps.group == "b", "step"]) == [1, 2]
+    events = pd.read_parquet(run_dir / "events")
+    b = events[events.group == "b"]
+    assert list(b["kind"]) == ["restart", "restart", "failed"] and (b["step"] == 3).all()
+    assert "injected fault" in b["detail"].iloc[-1]
+    board = pd.read_parquet(run_dir / "leaderboard.parquet").set_index("group")
+    assert board.loc["b", "status"] == "failed" and board.loc["b", "rank"] == 2 and board.loc["a", "status"] == "ok"
