@@ -156,7 +156,7 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
         population = Population(plans, model_path, run_dir, pop_cfg.max_restarts, log)
         population.failed = list(state.get("failed", []))
         population.restarts.update(state.get("restarts", {}))
-        population.start(start or None)
+        writer.write_part("events", population.start(start or None), 0)  # start-up events are step 0
         for step in range(start + 1, cfg.steps + 1):
             # 1. every live group's GRPO step (rollouts batched across groups)
             outs, events = population.step(step)

@@ -54,16 +54,21 @@ class Population:
     def live(self) -> list[str]:
         return [g for g in self.plans if g not in self.failed]
 
-    def start(self, checkpoint_step: int | None) -> None:
-        """Publish every group's adapter: version 0, or the state of a checkpoint."""
+    def start(self, checkpoint_step: int | None) -> list[dict]:
+        """Publish every group's adapter (version 0, or a checkpoint's state); returns start-up events."""
         import ray
 
+        reports = ray.get([self.actors[g].startup_report.remote() for g in self.live])
+        events = [event_row(0, r["group"], "prompts_dropped", f"{r['dropped_prompts']} rows dropped: prompt longer "
+                            f"than max_prompt_length (never truncated)", value=float(r["dropped_prompts"]))
+                  for r in reports if r["dropped_prompts"]]
         self.checkpoint_step = checkpoint_step
         if checkpoint_step is None:
             ray.get([self.actors[g].publish.remote() for g in self.live])
         else:
             d = checkpoint_dir(self.run_dir, checkpoint_step)
             ray.get([self.actors[g].load_checkpoint.remote(str(d / f"{g}.pt")) for g in self.live])
+        return events
 
     # --- one step ---------------------------------------------------------------------------------
 

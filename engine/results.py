@@ -30,7 +30,7 @@ TABLES = ("steps", "samples", "evals", "events")
 EVENT_SCHEMA = pa.schema([
     ("step", pa.int64()), ("group", pa.string()), ("kind", pa.string()), ("detail", pa.string()),
     ("donor", pa.string()), ("gap", pa.float64()), ("score", pa.float64()), ("donor_score", pa.float64()),
-    ("old", pa.string()), ("new", pa.string()),
+    ("old", pa.string()), ("new", pa.string()), ("value", pa.float64()),
 ])
 
 

@@ -26,6 +26,13 @@ class Env(ABC):
     def eval_rows(self, n: int) -> list[dict]:
         """Return the first ``n`` rows of a fixed held-out set (disjoint from training where possible)."""
 
+    def drop_prompts(self, keep) -> int:
+        """Drop rows for which ``keep(row)`` is False (e.g. over-long prompts); returns how many.
+
+        Generated tasks have nothing to drop; datasets override this.
+        """
+        return 0
+
 
 def _template_fields(template: str) -> list[str]:
     """Names of the top-level fields a ``str.format`` template refers to.

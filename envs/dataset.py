@@ -181,6 +181,20 @@ class DatasetEnv(Env):
                 raise DatasetError(f"{where}: {e}") from e
         return {**record, "prompt": prompt, "answer": str(record[self.answer_column])}
 
+    def drop_prompts(self, keep) -> int:
+        """Drop training and eval rows for which ``keep(row)`` is False; returns how many were dropped.
+
+        Used for prompts longer than ``max_prompt_length`` tokens: a truncated prompt would be scored
+        against the wrong question, so such rows are dropped (and counted by the caller), never cut.
+        """
+        before = len(self._train) + len(self._eval)
+        self._train = [r for r in self._train if keep(r)]
+        self._eval = [r for r in self._eval if keep(r)]
+        self._perms.clear()
+        if not self._train:
+            raise DatasetError(f"{self.path}: every training row was dropped (prompts longer than max_prompt_length?)")
+        return before - len(self._train) - len(self._eval)
+
     def __len__(self) -> int:
         """Number of training rows."""
         return len(self._train)

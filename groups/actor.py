@@ -58,6 +58,11 @@ class GroupActor:
                                            weight_decay=self.hp["weight_decay"])
         self.version = 0
         self._rows: list[dict] = []
+        self.dropped_prompts = self.env.drop_prompts(lambda row: len(self._prompt_ids(row)) <= self.hp["max_prompt_length"])
+
+    def startup_report(self) -> dict:
+        """What happened while building this group (rows dropped for over-long prompts)."""
+        return {"group": self.name, "dropped_prompts": self.dropped_prompts}
 
     # --- adapter --------------------------------------------------------------------------------
 
@@ -130,16 +135,20 @@ class GroupActor:
 
     # --- one step -------------------------------------------------------------------------------
 
+    def _prompt_ids(self, row: dict) -> list[int]:
+        """Chat template (conversations) or the plain string -> token ids."""
+        p = row["prompt"]
+        text = self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) if isinstance(p, list) else p
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def _encode_prompts(self, rows: list[dict]) -> list[list[int]]:
-        """Chat template (or plain text) -> token ids; an over-long prompt is an error, never truncated."""
+        """Token ids per row; an over-long prompt (a generated task's) is an error, never truncated."""
         out = []
         for row in rows:
-            p = row["prompt"]
-            text = self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) if isinstance(p, list) else p
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self._prompt_ids(row)
             if len(ids) > self.hp["max_prompt_length"]:
                 raise ValueError(f"group {self.name}: prompt of {len(ids)} tokens > max_prompt_length "
-                                 f"{self.hp['max_prompt_length']}: {text[:80]!r}...")
+                                 f"{self.hp['max_prompt_length']}: {row['prompt']!r:.80}...")
             out.append(ids)
         return out
 

@@ -141,3 +141,20 @@ def test_leaderboard_command_prints_the_run(e2e_run):
     run_dir, _ = e2e_run
     proc = run_cli("leaderboard", str(run_dir))
     assert proc.returncode == 0 and "arith" in proc.stdout and "data" in proc.stdout
+
+
+def test_overlong_dataset_prompts_are_dropped_and_counted(tmp_path, tiny_model_path):
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(6)]
+    rows += [{"question": "Please add these numbers carefully: " + "1 + " * 60 + "1?", "answer": "61"}] * 2
+    with open(tmp_path / "rows.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "c.yaml").write_text(
+        "steps: 1\neval_prompts: 2\ngrpo: {prompts_per_step: 6, group_size: 2, max_prompt_length: 120, max_completion_length: 8}\n"
+        "groups:\n  - {name: d, env: {type: dataset, path: rows.jsonl}}\n")
+    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    events = pd.read_parquet(tmp_path / "run" / "events")
+    (ev,) = events[events.kind == "prompts_dropped"].itertuples()
+    assert ev.group == "d" and ev.value == 2 and ev.step == 0
+    samples = pd.read_parquet(tmp_path / "run" / "samples")
+    assert not samples["prompt"].str.contains("carefully").any() and samples["prompt_index"].nunique() == 6
