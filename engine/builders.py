@@ -68,6 +68,14 @@ def build_env(env: dict[str, Any], seed: int, tags: dict[str, str]):
         from envs.arithmetic import ArithmeticEnv
 
         return ArithmeticEnv(seed=seed, **kwargs, **tags)
+    if env["type"] in ("medical", "legal", "financial"):
+        from envs.domains import make_domain_env
+
+        return make_domain_env(env["type"], seed=seed, **kwargs, **tags)
+    if env["type"] == "code":
+        from envs.code_task import CodeTaskEnv
+
+        return CodeTaskEnv(seed=seed, **kwargs, **tags)
     if env["type"] == "dataset":
         from envs.dataset import DatasetEnv
 

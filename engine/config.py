@@ -59,7 +59,7 @@ class LoraConfig(_Strict):
 class RewardSpec(_Strict):
     """One reward function of a group."""
 
-    name: str = Field(description="A built-in name (format_exact, format_approx, answer_exact, answer_numeric) or 'module:function' / 'path/file.py:function'.")
+    name: str = Field(description="A built-in name (format_exact, format_approx, answer_exact, answer_numeric, length_penalty, code_exec) or 'module:function' / 'path/file.py:function'.")
     weight: float = Field(1.0, description="Weight in the total reward (weighted sum).")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a built-in, or for a 'module:function' factory.")
 
@@ -70,6 +70,24 @@ class ArithmeticEnvConfig(_Strict):
     type: Literal["arithmetic"] = Field("arithmetic", description="Env kind.")
     difficulty: int = Field(1, ge=1, le=4, description="1: single-digit sums ... 4: two operations up to 30.")
     system_prompt: str | None = Field(None, description="System prompt; None uses the task's default, built from the group's tags.")
+
+
+class DomainEnvConfig(_Strict):
+    """Built-in, offline domain tasks with verifiable answers (envs/medical.py, legal.py, financial.py)."""
+
+    type: Literal["medical", "legal", "financial"] = Field(description="Domain.")
+    difficulty: int = Field(1, ge=1, le=3, description="1 (direct formulas) .. 3 (multi-step).")
+    language: Literal["en", "vi"] = Field("en", description="Language of questions and system prompt (English or Vietnamese).")
+    system_prompt: str | None = Field(None, description="System prompt; None uses the domain's default, built from the group's tags.")
+
+
+class CodeEnvConfig(_Strict):
+    """Built-in "write a strategy function" task (envs/code_task.py); pair it with the ``code_exec`` reward,
+    which runs completions in a sandboxed process (rewards/sandbox.py)."""
+
+    type: Literal["code"] = Field(description="Env kind.")
+    difficulty: int = Field(1, ge=1, le=3, description="1: list puzzles .. 3: small game search.")
+    system_prompt: str | None = Field(None, description="System prompt; None uses the task's default.")
 
 
 class DatasetEnvConfig(_Strict):
@@ -90,9 +108,11 @@ def _env_kind(value: Any) -> str:
 
 
 EnvConfig = Annotated[
-    Union[Annotated[ArithmeticEnvConfig, Tag("arithmetic")], Annotated[DatasetEnvConfig, Tag("dataset")]],
+    Union[Annotated[ArithmeticEnvConfig, Tag("arithmetic")], Annotated[DatasetEnvConfig, Tag("dataset")],
+          Annotated[DomainEnvConfig, Tag("medical")], Annotated[DomainEnvConfig, Tag("legal")],
+          Annotated[DomainEnvConfig, Tag("financial")], Annotated[CodeEnvConfig, Tag("code")]],
     Discriminator(_env_kind, custom_error_type="env_type",
-                  custom_error_message="env.type must be 'arithmetic' or 'dataset'"),
+                  custom_error_message="env.type must be one of arithmetic, dataset, medical, legal, financial, code"),
 ]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rewards.builtin import answer_exact, answer_numeric, format_approx, format_exact, length_penalty
+from rewards.code_reward import code_exec
 
 BUILTIN_REWARDS: dict[str, Callable[..., Callable[..., list[float | None]]]] = {
     "format_exact": format_exact,
@@ -23,6 +24,7 @@ BUILTIN_REWARDS: dict[str, Callable[..., Callable[..., list[float | None]]]] = {
     "answer_exact": answer_exact,
     "answer_numeric": answer_numeric,
     "length_penalty": length_penalty,
+    "code_exec": code_exec,
 }
 
 

@@ -45,7 +45,7 @@ groups:
     (BASE.replace("steps: 3", "steps: many"), "steps", "integer"),
     (BASE + "    grpo: {group_size: 1}\n", "groups.0.grpo.group_size", "greater than or equal to 2"),
     (BASE + "    env: {type: dataset}\n", "groups.0.env.dataset.path", "Field required"),
-    (BASE + "    env: {type: nosuch}\n", "groups.0.env", "'arithmetic' or 'dataset'"),
+    (BASE + "    env: {type: nosuch}\n", "groups.0.env", "arithmetic, dataset, medical"),
     ("groups: []\n", "groups", "at least 1"),
 ])
 def test_bad_config_names_the_field(tmp_path, text, field, words):
