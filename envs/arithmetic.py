@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import random
 
-from envs.base import Env, make_prompt
+from envs.base import make_prompt
+from envs.task import TaskEnv
 
 DIFFICULTIES = (1, 2, 3, 4)
 
@@ -104,31 +105,13 @@ def _operands(rng: random.Random, difficulty: int) -> tuple[str, list[int]]:
             return ops, nums
 
 
-class ArithmeticEnv(Env):
+class ArithmeticEnv(TaskEnv):
     """Arithmetic word problems; each row carries ``question``, ``answer``, ``reasoning``, ``difficulty``."""
 
-    def __init__(
-        self,
-        seed: int = 0,
-        difficulty: int = 1,
-        system_prompt: str | None = None,
-        reasoning_start: str = "<think>",
-        reasoning_end: str = "</think>",
-        solution_start: str = "<answer>",
-        solution_end: str = "</answer>",
-    ) -> None:
-        """``system_prompt=None`` uses ``default_system_prompt`` built from these tags."""
-        if difficulty not in DIFFICULTIES:
-            raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
-        self.seed = seed
-        self.difficulty = difficulty
-        self.reasoning_start, self.reasoning_end = reasoning_start, reasoning_end
-        self.solution_start, self.solution_end = solution_start, solution_end
-        self.system_prompt = (
-            system_prompt
-            if system_prompt is not None
-            else default_system_prompt(reasoning_start, reasoning_end, solution_start, solution_end)
-        )
+    DIFFICULTIES = DIFFICULTIES
+
+    def default_prompt(self) -> str:
+        return default_system_prompt(self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end)
 
     def make_row(self, rng: random.Random) -> dict:
         """Draw one row from ``rng``."""
@@ -146,20 +129,3 @@ class ArithmeticEnv(Env):
             "reasoning": f"{lhs}={value}",
             "difficulty": self.difficulty,
         }
-
-    def batch(self, step: int, n: int) -> list[dict]:
-        """The ``n`` rows of ``step``, drawn from ``random.Random(f"{seed}:{step}")``."""
-        rng = random.Random(f"{self.seed}:{step}")
-        return [self.make_row(rng) for _ in range(n)]
-
-    def eval_rows(self, n: int) -> list[dict]:
-        """The first ``n`` rows of the held-out stream ``random.Random(f"{seed}:eval")``."""
-        rng = random.Random(f"{self.seed}:eval")
-        return [self.make_row(rng) for _ in range(n)]
-
-    def solution_text(self, row: dict) -> str:
-        """The ideal completion for ``row``: ``<think>3+5=8</think><answer>8</answer>``."""
-        return (
-            f"{self.reasoning_start}{row['reasoning']}{self.reasoning_end}"
-            f"{self.solution_start}{row['answer']}{self.solution_end}"
-        )

@@ -47,11 +47,66 @@ def held_out(task: str, params: dict, holdout: int = 10) -> bool:
     return zlib.crc32(f"{task}:{sorted(params.items())}".encode()) % holdout == 0
 
 
-class GeneratedTaskEnv(Env):
-    """A generated question/answer task; rows carry ``question``, ``answer``, ``reasoning``, ``params`` and more."""
+class TaskEnv(Env):
+    """A built-in generated task: answer tags, a default system prompt, rows drawn by ``make_row(rng)``
+    from ``random.Random(f"{seed}:{step}")`` (training) or ``f"{seed}:eval"`` (held-out)."""
+
+    DIFFICULTIES: tuple[int, ...] = (1, 2, 3)
+
+    def __init__(
+        self,
+        seed: int = 0,
+        difficulty: int = 1,
+        system_prompt: str | None = None,
+        reasoning_start: str = "<think>",
+        reasoning_end: str = "</think>",
+        solution_start: str = "<answer>",
+        solution_end: str = "</answer>",
+    ) -> None:
+        """``system_prompt=None`` uses ``default_prompt()``, built from these tags."""
+        if difficulty not in self.DIFFICULTIES:
+            raise ValueError(f"difficulty must be one of {self.DIFFICULTIES}, got {difficulty!r}")
+        self.seed, self.difficulty = seed, difficulty
+        self.reasoning_start, self.reasoning_end = reasoning_start, reasoning_end
+        self.solution_start, self.solution_end = solution_start, solution_end
+        self.system_prompt = system_prompt if system_prompt is not None else self.default_prompt()
+
+    @abstractmethod
+    def default_prompt(self) -> str:
+        """The default system prompt, built from this env's tags."""
+
+    @abstractmethod
+    def make_row(self, rng: random.Random) -> dict:
+        """Draw one row from ``rng``."""
+
+    def _rows(self, rng: random.Random, n: int, eval_side: bool) -> list[dict]:
+        """The next ``n`` rows of ``rng`` (training and eval streams differ by seed only)."""
+        return [self.make_row(rng) for _ in range(n)]
+
+    def batch(self, step: int, n: int) -> list[dict]:
+        """The ``n`` rows of ``step``, drawn from ``random.Random(f"{seed}:{step}")``."""
+        return self._rows(random.Random(f"{self.seed}:{step}"), n, eval_side=False)
+
+    def eval_rows(self, n: int) -> list[dict]:
+        """The first ``n`` rows of the held-out stream ``random.Random(f"{seed}:eval")``."""
+        return self._rows(random.Random(f"{self.seed}:eval"), n, eval_side=True)
+
+    def solution_text(self, row: dict) -> str:
+        """The ideal completion for ``row``: ``<think>20*15=300</think><answer>300</answer>``."""
+        return (
+            f"{self.reasoning_start}{row['reasoning']}{self.reasoning_end}"
+            f"{self.solution_start}{row['answer']}{self.solution_end}"
+        )
+
+
+class GeneratedTaskEnv(TaskEnv):
+    """A domain task in a chosen language; rows carry ``question``, ``answer``, ``reasoning``, ``params`` and more.
+
+    One parameter set in ``HOLDOUT`` (by a CRC of task and parameters) is eval-only, so training
+    never sees an eval question.
+    """
 
     domain: str = ""
-    DIFFICULTIES: tuple[int, ...] = (1, 2, 3)
     LANGUAGES: tuple[str, ...] = ("en", "vi")
     HOLDOUT: int = 10  # one parameter set in HOLDOUT is eval-only
 
@@ -67,22 +122,14 @@ class GeneratedTaskEnv(Env):
         language: str = "en",
     ) -> None:
         """``system_prompt=None`` uses ``default_prompt()``, built from these tags, in ``language``."""
-        if difficulty not in self.DIFFICULTIES:
-            raise ValueError(f"difficulty must be one of {self.DIFFICULTIES}, got {difficulty!r}")
         if language not in self.LANGUAGES:
             raise ValueError(f"language must be one of {self.LANGUAGES}, got {language!r}")
-        self.seed, self.difficulty, self.language = seed, difficulty, language
-        self.reasoning_start, self.reasoning_end = reasoning_start, reasoning_end
-        self.solution_start, self.solution_end = solution_start, solution_end
-        self.system_prompt = system_prompt if system_prompt is not None else self.default_prompt()
+        self.language = language
+        super().__init__(seed, difficulty, system_prompt, reasoning_start, reasoning_end, solution_start, solution_end)
 
     @abstractmethod
     def draw(self, rng: random.Random) -> Draw:
         """Draw ``(task, question, params, answer, reasoning)`` at this env's difficulty and language."""
-
-    @abstractmethod
-    def default_prompt(self) -> str:
-        """The default system prompt, built from this env's tags, in its language."""
 
     def make_row(self, rng: random.Random) -> dict:
         """Draw one row (training or held-out alike) from ``rng``."""
@@ -107,18 +154,3 @@ class GeneratedTaskEnv(Env):
             if held_out(row["task"], row["params"], self.HOLDOUT) == eval_side:
                 rows.append(row)
         return rows
-
-    def batch(self, step: int, n: int) -> list[dict]:
-        """The ``n`` rows of ``step``, drawn from ``random.Random(f"{seed}:{step}")``."""
-        return self._rows(random.Random(f"{self.seed}:{step}"), n, eval_side=False)
-
-    def eval_rows(self, n: int) -> list[dict]:
-        """The first ``n`` rows of the held-out stream ``random.Random(f"{seed}:eval")``."""
-        return self._rows(random.Random(f"{self.seed}:eval"), n, eval_side=True)
-
-    def solution_text(self, row: dict) -> str:
-        """The ideal completion for ``row``: ``<think>20*15=300</think><answer>300</answer>``."""
-        return (
-            f"{self.reasoning_start}{row['reasoning']}{self.reasoning_end}"
-            f"{self.solution_start}{row['answer']}{self.solution_end}"
-        )
