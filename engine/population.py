@@ -172,7 +172,7 @@ class Population:
         import ray
 
         groups = self.live
-        return dict(zip(groups, ray.get([self.actors[g].set_hparams.remote() for g in groups])))
+        return dict(zip(groups, ray.get([self.actors[g].hparams.remote() for g in groups])))
 
     def apply(self, decision: Decision) -> None:
         """Carry out one decision: a weight + optimizer copy from the donor, or new hyper-parameters."""

@@ -102,6 +102,10 @@ class GroupActor:
         self.publish()
         return self.version
 
+    def hparams(self) -> dict:
+        """The current hyper-parameters (what rebalancing compares and copies)."""
+        return dict(self.hp)
+
     def set_hparams(self, **hp) -> dict:
         """Change hyper-parameters (rebalancing); the learning rate goes into the optimizer too."""
         unknown = set(hp) - set(self.hp)

@@ -95,8 +95,7 @@ class HFRollout:
         adapter_names = [self.slot[r.group] for r in batch for _ in range(len(r.prompt_ids) * r.n)]  # [B]
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # [B, P] left-padded
-        attention_mask = (input_ids != pad).long() if pad not in sum(prompts, []) else torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # [B, P]
         sampling = {"do_sample": False} if first.greedy else {
             "do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
         with torch.no_grad():
