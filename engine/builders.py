@@ -38,8 +38,11 @@ def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
             path = Path(spec.env.path).expanduser()
             env["path"] = str(path if path.is_absolute() else (config_dir / path))
         rewards = [_resolve_reward_path(r.model_dump(), config_dir) for r in spec.rewards]
+        game = env.get("game") or env["type"]  # game agents only: replica k plays game instance k
         for k in range(spec.num_groups):
             name = spec.name if spec.num_groups == 1 else f"{spec.name}-{k}"
+            if "role" in env:
+                env = {**env, "game": game if spec.num_groups == 1 else f"{game}#{k}"}
             plans.append(GroupPlan(
                 name=name, cohort=spec.cohort or spec.name, seed=base_seed + k, env=env, rewards=rewards,
                 tags=spec.format.model_dump(), grpo=spec.grpo.model_dump(), lora=spec.lora.model_dump(),
@@ -80,7 +83,45 @@ def build_env(env: dict[str, Any], seed: int, tags: dict[str, str]):
         from envs.dataset import DatasetEnv
 
         return DatasetEnv(seed=seed, **kwargs)
+    if env["type"] == "guess":
+        from envs.multiturn import GuessNumberEnv
+
+        return GuessNumberEnv(seed=seed, **kwargs, **tags)
+    if "role" in env:
+        raise ValueError(f"env.type: {env['type']!r} is a game; its groups are played by the coordinator (build_games)")
     raise ValueError(f"env.type: unknown env {env['type']!r}")
+
+
+def build_game(env: dict[str, Any], seed: int, tags: dict[str, str]):
+    """The game object of a game agent's plan (the same for every agent of the game)."""
+    kwargs = {k: v for k, v in env.items() if k not in ("type", "role", "game")}
+    if env["type"] == "signaling":
+        from envs.signaling import SignalingGame
+
+        return SignalingGame(seed=seed, **kwargs, **tags)
+    if env["type"] == "negotiation":
+        from envs.negotiation import NegotiationGame
+
+        return NegotiationGame(seed=seed, **kwargs, **tags)
+    raise ValueError(f"env.type: {env['type']!r} is not a game")
+
+
+def build_games(plans: list[GroupPlan]) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """``GameEpisodes`` per game instance (agents by role) and its batch shape; the game's seed is its
+    first agent's."""
+    from envs.game import GameEpisodes
+
+    agents: dict[str, list[GroupPlan]] = {}
+    for p in plans:
+        if "role" in p.env:
+            agents.setdefault(p.env["game"], []).append(p)
+    games, specs = {}, {}
+    for name, members in agents.items():
+        first = members[0]
+        game = build_game(first.env, first.seed, first.tags)
+        games[name] = GameEpisodes(game, {p.env["role"]: p.name for p in members}, first.grpo["group_size"])
+        specs[name] = {"prompts_per_step": first.grpo["prompts_per_step"], "group_size": first.grpo["group_size"]}
+    return games, specs
 
 
 def build_rewards(rewards: list[dict[str, Any]], tags: dict[str, str]) -> list[tuple[str, Callable, float]]:

@@ -59,7 +59,7 @@ class LoraConfig(_Strict):
 class RewardSpec(_Strict):
     """One reward function of a group."""
 
-    name: str = Field(description="A built-in name (format_exact, format_approx, answer_exact, answer_numeric, length_penalty, code_exec) or 'module:function' / 'path/file.py:function'.")
+    name: str = Field(description="A built-in name (format_exact, format_approx, answer_exact, answer_numeric, length_penalty, code_exec, env_reward) or 'module:function' / 'path/file.py:function'.")
     weight: float = Field(1.0, description="Weight in the total reward (weighted sum).")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a built-in, or for a 'module:function' factory.")
 
@@ -102,6 +102,44 @@ class DatasetEnvConfig(_Strict):
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for evaluation.")
 
 
+class GuessEnvConfig(_Strict):
+    """Built-in multi-turn task (envs/multiturn.py): guess a secret number; the env answers "Higher."/"Lower."."""
+
+    type: Literal["guess"] = Field(description="Env kind.")
+    high: int = Field(8, ge=2, description="The secret is in 1..high.")
+    max_turns: int = Field(3, ge=1, description="Model turns per episode.")
+    decay: float = Field(0.25, ge=0, le=1, description="Reward for finding it: 1 - decay * (turns - 1).")
+    system_prompt: str | None = Field(None, description="System prompt; None uses the task's default.")
+
+
+class SignalingEnvConfig(_Strict):
+    """An agent of the cooperative referential game (envs/signaling.py): the sender sees the target,
+    the receiver sees the sender's message and picks an object; both get 1 for a correct pick."""
+
+    type: Literal["signaling"] = Field(description="Env kind.")
+    role: Literal["sender", "receiver"] = Field(description="This group's role in the game.")
+    game: str | None = Field(None, description="Name that pairs agents into one game (default: the env type); replica k plays with replica k.")
+    num_objects: int = Field(4, ge=2, le=8, description="Objects to pick from (chance = 1 / num_objects).")
+    objects: Literal["numbers", "words"] = Field("numbers", description="Object names: 1, 2, ... (what builtin:tiny writes) or red, blue, ... (real models).")
+    shuffle: bool = Field(False, description="Shuffle the objects' order in every instance.")
+    message_chars: int = Field(16, ge=1, description="The sender's message is cut to this many characters.")
+
+
+class NegotiationEnvConfig(_Strict):
+    """An agent of the competitive split-the-pot negotiation (envs/negotiation.py)."""
+
+    type: Literal["negotiation"] = Field(description="Env kind.")
+    role: Literal["first", "second"] = Field(description="This group's role: who opens, who answers.")
+    game: str | None = Field(None, description="Name that pairs agents into one game (default: the env type); replica k plays with replica k.")
+    min_pot: int = Field(4, ge=1, description="Smallest pot (coins).")
+    max_pot: int = Field(10, ge=1, description="Largest pot (coins).")
+    max_turns: int = Field(4, ge=2, description="Turns (both players together) before the game ends without a deal.")
+
+
+GAME_KINDS = ("signaling", "negotiation")
+ENV_REWARD_KINDS = ("guess", *GAME_KINDS)  # envs whose reward comes from the env: default rewards = [env_reward]
+
+
 def _env_kind(value: Any) -> str:
     """The env's ``type``; a block without one is the built-in arithmetic task."""
     return value.get("type", "arithmetic") if isinstance(value, dict) else getattr(value, "type", "arithmetic")
@@ -110,9 +148,12 @@ def _env_kind(value: Any) -> str:
 EnvConfig = Annotated[
     Union[Annotated[ArithmeticEnvConfig, Tag("arithmetic")], Annotated[DatasetEnvConfig, Tag("dataset")],
           Annotated[DomainEnvConfig, Tag("medical")], Annotated[DomainEnvConfig, Tag("legal")],
-          Annotated[DomainEnvConfig, Tag("financial")], Annotated[CodeEnvConfig, Tag("code")]],
+          Annotated[DomainEnvConfig, Tag("financial")], Annotated[CodeEnvConfig, Tag("code")],
+          Annotated[GuessEnvConfig, Tag("guess")], Annotated[SignalingEnvConfig, Tag("signaling")],
+          Annotated[NegotiationEnvConfig, Tag("negotiation")]],
     Discriminator(_env_kind, custom_error_type="env_type",
-                  custom_error_message="env.type must be one of arithmetic, dataset, medical, legal, financial, code"),
+                  custom_error_message="env.type must be one of arithmetic, dataset, medical, legal, financial, code, "
+                                       "guess, signaling, negotiation"),
 ]
 
 
@@ -128,10 +169,18 @@ class GroupSpec(_Strict):
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="format_exact"), RewardSpec(name="answer_numeric")],
         min_length=1,
-        description="Reward functions and weights.",
+        description="Reward functions and weights (default: format_exact + answer_numeric; env_reward for "
+                    "guess, signaling and negotiation).",
     )
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="This group's GRPO hyper-parameters (merged over the run's).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="This group's LoRA shape (merged over the run's).")
+
+    @model_validator(mode="after")
+    def _env_reward_default(self) -> "GroupSpec":
+        """Multi-turn envs and games reward through the env: their default reward is ``env_reward``."""
+        if "rewards" not in self.model_fields_set and self.env.type in ENV_REWARD_KINDS:
+            self.rewards = [RewardSpec(name="env_reward")]
+        return self
 
 
 class TinyModelConfig(_Strict):
@@ -209,6 +258,30 @@ class RunConfig(_Strict):
                         g[key] = {**base, **own}
             merged.append(g)
         return {**data, "groups": merged}
+
+    @model_validator(mode="after")
+    def _games_complete(self) -> "RunConfig":
+        """Every game has one group per role, with the same game settings, replicas and batch shape."""
+        games: dict[str, list[GroupSpec]] = {}
+        for g in self.groups:
+            if g.env.type in GAME_KINDS:
+                games.setdefault(g.env.game or g.env.type, []).append(g)
+        for name, agents in games.items():
+            roles = [a.env.role for a in agents]
+            wanted = {"signaling": ["sender", "receiver"], "negotiation": ["first", "second"]}[agents[0].env.type]
+            if sorted(roles) != sorted(wanted) or len({a.env.type for a in agents}) > 1:
+                raise ValueError(f"game {name!r}: needs one group per role {wanted}, got "
+                                 + ", ".join(f"{a.name} ({a.env.type}/{a.env.role})" for a in agents))
+            first = agents[0]
+            for a in agents[1:]:
+                for label, x, y in (("env", first.env.model_dump(exclude={"role"}), a.env.model_dump(exclude={"role"})),
+                                    ("num_groups", first.num_groups, a.num_groups),
+                                    ("grpo.group_size", first.grpo.group_size, a.grpo.group_size),
+                                    ("grpo.prompts_per_step", first.grpo.prompts_per_step, a.grpo.prompts_per_step)):
+                    if x != y:
+                        raise ValueError(f"game {name!r}: groups {first.name} and {a.name} must agree on {label} "
+                                         f"({x} vs {y})")
+        return self
 
     @model_validator(mode="after")
     def _unique_group_names(self) -> "RunConfig":

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from engine.builders import GroupPlan, build_env, build_rewards, group_plans
+from engine.builders import GroupPlan, build_env, build_games, build_rewards, group_plans
 from engine.checkpoint import commit_checkpoint, discard_after, latest_checkpoint
 from engine.config import RunConfig
 from engine.faults import ENV as FAULTS_ENV
@@ -50,12 +50,19 @@ def preflight(plans: list[GroupPlan]) -> None:
     from envs.dataset import DatasetError
     from rewards.registry import RewardLoadError
 
+    try:
+        build_games(plans)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"games: {e}") from None
     for plan in plans:
-        try:
-            env = build_env(plan.env, plan.seed, plan.tags)
-            rows = env.batch(0, 1)
-        except (DatasetError, ValueError, KeyError) as e:
-            raise ConfigError(f"group {plan.name} (env): {e}") from None
+        if "role" in plan.env:  # a game agent: its prompts come from the game
+            rows = []
+        else:
+            try:
+                env = build_env(plan.env, plan.seed, plan.tags)
+                rows = env.batch(0, 1)
+            except (DatasetError, ValueError, KeyError) as e:
+                raise ConfigError(f"group {plan.name} (env): {e}") from None
         try:
             build_rewards(plan.rewards, plan.tags)
         except RewardLoadError as e:

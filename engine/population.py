@@ -11,11 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from engine.builders import GroupPlan
+from engine.builders import GroupPlan, build_games
 from engine.checkpoint import checkpoint_dir
 from engine.faults import fault_point
 from engine.results import event_row
 from groups.rebalance import Decision
+
+
+class _ReplayError(RuntimeError):
+    """A group (or a game partner) failed again while its steps were being redone."""
 
 
 def actor_name(run_dir: Path, group: str) -> str:
@@ -38,6 +42,8 @@ class Population:
         self.failed: list[str] = []
         self.checkpoint_step: int | None = None
         self.rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, {p.name: p.lora for p in plans})
+        self.games, self.game_specs = build_games(plans)  # multi-agent games, played from here
+        self.game_of = {g: name for name, episodes in self.games.items() for g in episodes.agents.values()}
         self.actors = {p.name: self._spawn(p) for p in plans}
 
     def _spawn(self, plan: GroupPlan):
@@ -70,27 +76,93 @@ class Population:
             ray.get([self.actors[g].load_checkpoint.remote(str(d / f"{g}.pt")) for g in self.live])
         return events
 
-    # --- one step ---------------------------------------------------------------------------------
+    # --- one step: every group's episodes, turn by turn ------------------------------------------
 
     def step(self, step: int) -> tuple[list[dict], list[dict]]:
-        """Every live group's GRPO step; returns (their outputs, events). Rollouts of all groups go in one call."""
-        import ray
-
+        """Every live group's GRPO step; returns (their outputs, events). Each round of turns of all groups
+        (single-turn, multi-turn and game agents alike) is one generate call."""
         events: list[dict] = []
         groups = self.live
-        request_refs = {g: self.actors[g].rollout_request.remote(step) for g in groups}
-        requests, failed_now = self._gather(request_refs)
-        names = [g for g in groups if g in requests]
-        results_ref = self.rollout.generate.remote([requests[g] for g in names])
-        fault_point("rollout", step)
-        results = ray.get(results_ref)
-        learn_refs = {g: self.actors[g].learn.remote(step, r) for g, r in zip(names, results)}
-        outs, failed_learn = self._gather(learn_refs)
-        for g, error in {**failed_now, **failed_learn}.items():
-            out = self._recover(g, step, error, events)
-            if out is not None:
-                outs[g] = out
+        outs, failed = self._play(step, groups, set(groups))
+        waiting = [g for g in groups if g not in outs and g not in failed]  # partners of a failed game agent
+        for g, error in failed.items():
+            partners = [p for p in waiting if p in self._partners(g)]
+            outs.update(self._recover(g, step, error, events, partners))
         return [outs[g] for g in groups if g in outs], events
+
+    def _partners(self, group: str) -> list[str]:
+        game = self.game_of.get(group)
+        return [g for g in self.games[game].agents.values() if g != group] if game else []
+
+    def _play(self, step: int, groups: list[str], learners: set[str], evaluation: dict | None = None) -> tuple[dict, dict]:
+        """Play ``groups``' episodes of ``step`` (or a held-out evaluation: ``{"n", "temperature", "samples"}``),
+        then ``learners`` learn (or evaluate). Returns (outputs by group, errors by group)."""
+        import ray
+
+        solo = [g for g in groups if g not in self.game_of]
+        games = {self.game_of[g] for g in groups if g in self.game_of}
+        # 1. start: rows and first requests (a game's agents get the game's rows, and their turns from it)
+        if evaluation:
+            refs = {g: self.actors[g].begin_eval.remote(evaluation["n"], evaluation["temperature"], evaluation["samples"])
+                    for g in solo}
+        else:
+            refs = {g: self.actors[g].begin.remote(step) for g in solo}
+        for name in sorted(games):
+            game, rows, n = self._game_rows(name, step, evaluation)
+            for g in game.agents.values():
+                refs[g] = (self.actors[g].begin_eval.remote(len(rows), evaluation["temperature"], evaluation["samples"], rows=rows)
+                           if evaluation else self.actors[g].begin.remote(step, rows=rows))
+        started, failed = self._gather(refs)
+        pending = {g: r for g, r in started.items() if r is not None}
+        # 2. rounds of turns: one generate call each, until every episode is over
+        while True:
+            refs = {}
+            for name in sorted(games):
+                if any(g in failed for g in self.games[name].agents.values()):
+                    continue  # an agent died: this game's step is redone on recovery
+                for g, observations in self.games[name].observations().items():
+                    refs[g] = self.actors[g].turn.remote(observations)
+            asked, errors = self._gather(refs)
+            pending.update(asked)
+            failed.update(errors)
+            if not pending:
+                break
+            names = list(pending)
+            results_ref = self.rollout.generate.remote([pending[g] for g in names])
+            fault_point("rollout", step)
+            results = ray.get(results_ref)
+            observed, errors = self._gather({g: self.actors[g].observe.remote(r) for g, r in zip(names, results)})
+            failed.update(errors)
+            pending = {}
+            for g, o in observed.items():
+                if g in self.game_of:
+                    self.games[self.game_of[g]].record(g, o["replies"])
+                elif o["request"] is not None:
+                    pending[g] = o["request"]
+        # 3. learn (steps 3-8) or evaluate
+        call = "evaluate" if evaluation else "learn"
+        refs = {g: getattr(self.actors[g], call).remote(step) for g in solo if g in learners and g not in failed}
+        for name in sorted(games):
+            episodes = self.games[name]
+            if any(g in failed for g in episodes.agents.values()):
+                continue
+            rewards, success = episodes.rewards(), episodes.success()
+            for g in episodes.agents.values():
+                if g in learners:
+                    refs[g] = getattr(self.actors[g], call).remote(step, rewards[g], success)
+        outs, errors = self._gather(refs)
+        return outs, {**failed, **errors}
+
+    def _game_rows(self, name: str, step: int, evaluation: dict | None):
+        """A game's rows for ``step`` (or its held-out rows), with its episodes reset."""
+        episodes = self.games[name]
+        spec = self.game_specs[name]
+        if evaluation:
+            n = 1 if evaluation["temperature"] == 0 else evaluation["samples"]
+            rows = episodes.reset(episodes.game.eval_rows(evaluation["n"]), n)
+        else:
+            rows = episodes.reset(episodes.game.batch(step, spec["prompts_per_step"]), spec["group_size"])
+        return episodes, rows, episodes.n
 
     def _gather(self, refs: dict) -> tuple[dict, dict]:
         """Results by group, and the errors of groups whose actor died or raised."""
@@ -104,17 +176,21 @@ class Population:
                 failed[g] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
         return ok, failed
 
-    def _recover(self, group: str, step: int, error: str, events: list[dict]) -> dict | None:
-        """Restart ``group`` from the last checkpoint and redo its step alone, up to ``max_restarts`` times."""
+    def _recover(self, group: str, step: int, error: str, events: list[dict], partners: list[str]) -> dict:
+        """Restart ``group`` from the last checkpoint and redo its steps, up to ``max_restarts`` times.
+        ``partners`` (game agents whose game broke with it) learn the redone ``step`` too.
+        Returns the outputs of ``step`` by group."""
         import ray
 
         while True:
             if self.restarts[group] >= self.max_restarts:
-                self.failed.append(group)
-                events.append(event_row(step, group, "failed", f"gave up after {self.restarts[group]} restarts: {error}"))
-                self.log(f"group {group} failed: {error}")
-                ray.kill(self.actors[group], no_restart=True)
-                return None
+                for g in [group] + self._partners(group):
+                    self.failed.append(g)
+                    reason = error if g == group else f"game partner {group} failed"
+                    events.append(event_row(step, g, "failed", f"gave up after {self.restarts[g]} restarts: {reason}"))
+                    self.log(f"group {g} failed: {reason}")
+                    ray.kill(self.actors[g], no_restart=True)
+                return {}
             self.restarts[group] += 1
             events.append(event_row(step, group, "restart", f"restart {self.restarts[group]} from checkpoint "
                                                           f"step {self.checkpoint_step or 0}: {error}"))
@@ -126,7 +202,9 @@ class Population:
             self.actors[group] = self._spawn(self.plans[group])
             try:
                 self._restore(group)
-                return self._replay(group, step)
+                return self._replay(group, step, partners)
+            except _ReplayError as e:
+                error = str(e)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
                 error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
 
@@ -139,27 +217,26 @@ class Population:
         else:
             ray.get(actor.load_checkpoint.remote(str(checkpoint_dir(self.run_dir, self.checkpoint_step) / f"{group}.pt")))
 
-    def _replay(self, group: str, step: int) -> dict:
-        """Steps after the checkpoint, then ``step`` itself, for one group alone; only ``step``'s output is kept."""
-        import ray
-
-        actor, out = self.actors[group], None
+    def _replay(self, group: str, step: int, partners: list[str]) -> dict:
+        """Steps after the checkpoint, then ``step`` itself: ``group`` learns (its game partners play their
+        part without learning, except ``partners``, who learn ``step``). Returns ``step``'s outputs."""
+        players = [group] + self._partners(group)
+        outs: dict = {}
         for s in range((self.checkpoint_step or 0) + 1, step + 1):
-            request = ray.get(actor.rollout_request.remote(s))
-            (result,) = ray.get(self.rollout.generate.remote([request]))
-            out = ray.get(actor.learn.remote(s, result))
-        return out
+            outs, errors = self._play(s, players, {group} | (set(partners) if s == step else set()))
+            if errors:
+                raise _ReplayError("; ".join(f"{g}: {e}" for g, e in errors.items()))
+        return outs
 
     # --- evaluation, checkpoints, rebalancing ------------------------------------------------------
 
     def evaluate(self, step: int, n: int, temperature: float, samples: int) -> list[dict]:
-        import ray
-
+        """Held-out episodes of every live group (greedy, or fixed-seed sampling); one row per episode."""
         groups = self.live
-        requests = ray.get([self.actors[g].eval_request.remote(step, n, temperature, samples) for g in groups])
-        results = ray.get(self.rollout.generate.remote(requests))
-        rows = ray.get([self.actors[g].evaluate.remote(step, r) for g, r in zip(groups, results)])
-        return [row for group_rows in rows for row in group_rows]
+        outs, errors = self._play(step, groups, set(groups), {"n": n, "temperature": temperature, "samples": samples})
+        if errors:
+            raise RuntimeError(f"evaluation failed: {errors}")
+        return [row for g in groups for row in outs[g]]
 
     def save_checkpoints(self, step: int) -> None:
         import ray

@@ -3,9 +3,11 @@
 The coordinator drives every group through the same two calls per step, so that the rollout
 service can generate for all groups in one batch between them:
 
-    request = group.rollout_request(step)          # 1. sample prompts, tokenize
+    request = group.begin(step)                    # 1. sample prompts, tokenize
     result  = rollout.generate([request, ...])     # 2. completions + sampler log-probs (all groups)
-    row     = group.learn(step, result)            # 3-8. rewards -> advantages -> loss -> step -> publish
+    request = group.observe(result)["request"]     #    a multi-turn env answers: next turn, or None
+    ...                                            #    (a game agent's turns come from the coordinator)
+    row     = group.learn(step)                    # 3-8. rewards -> advantages -> loss -> step -> publish
 
 The trainer holds its own frozen copy of the base (the rollout service holds another); the KL
 reference is that base with the adapter disabled, so no second model is loaded.
@@ -23,7 +25,10 @@ from typing import Any
 from engine.builders import GroupPlan, accuracy_fn, build_env, build_rewards
 from engine.faults import group_fault
 from engine.rollout.types import RolloutRequest, RolloutResult
+from envs.multiturn import MultiTurnEnv
+from groups.episodes import Episodes
 from rewards.registry import load_reward
+from rewards.text import completion_text
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -46,7 +51,8 @@ class GroupActor:
         torch.set_num_threads(num_threads)
         self.plan, self.name, self.hp = plan, plan.name, dict(plan.grpo)
         self.rollout = rollout
-        self.env = build_env(plan.env, plan.seed, plan.tags)
+        self.game_role = plan.env.get("role")  # a game agent: the coordinator plays the game
+        self.env = None if self.game_role is not None else build_env(plan.env, plan.seed, plan.tags)
         self.reward_fns = build_rewards(plan.rewards, plan.tags)
         self.is_correct = accuracy_fn(plan.tags)
         self.is_formatted = load_reward("format_exact", defaults=plan.tags)
@@ -57,8 +63,8 @@ class GroupActor:
         self.optimizer = torch.optim.AdamW(self.params, lr=self.hp["lr"], betas=tuple(self.hp["adam_betas"]),
                                            weight_decay=self.hp["weight_decay"])
         self.version = 0
-        self._rows: list[dict] = []
-        self.dropped_prompts = self.env.drop_prompts(lambda row: len(self._prompt_ids(row)) <= self.hp["max_prompt_length"])
+        self.dropped_prompts = 0 if self.env is None else self.env.drop_prompts(
+            lambda row: len(self._prompt_ids(row["prompt"])) <= self.hp["max_prompt_length"])
 
     def startup_report(self) -> dict:
         """What happened while building this group (rows dropped for over-long prompts)."""
@@ -137,63 +143,115 @@ class GroupActor:
         self.model.save_pretrained(path)
         return path
 
-    # --- one step -------------------------------------------------------------------------------
+    # --- episodes: one step or one evaluation ---------------------------------------------------
 
-    def _prompt_ids(self, row: dict) -> list[int]:
+    def _prompt_ids(self, prompt) -> list[int]:
         """Chat template (conversations) or the plain string -> token ids."""
-        p = row["prompt"]
-        text = self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) if isinstance(p, list) else p
+        text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) \
+            if isinstance(prompt, list) else prompt
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _encode_prompts(self, rows: list[dict]) -> list[list[int]]:
-        """Token ids per row; an over-long prompt (a generated task's) is an error, never truncated."""
-        out = []
-        for row in rows:
-            ids = self._prompt_ids(row)
-            if len(ids) > self.hp["max_prompt_length"]:
-                raise ValueError(f"group {self.name}: prompt of {len(ids)} tokens > max_prompt_length "
-                                 f"{self.hp['max_prompt_length']}: {row['prompt']!r:.80}...")
-            out.append(ids)
-        return out
+    def _encode(self, prompt) -> list[int]:
+        """A first prompt's token ids; an over-long one (a generated task's) is an error, never truncated."""
+        ids = self._prompt_ids(prompt)
+        if len(ids) > self.hp["max_prompt_length"]:
+            raise ValueError(f"group {self.name}: prompt of {len(ids)} tokens > max_prompt_length "
+                             f"{self.hp['max_prompt_length']}: {prompt!r:.80}...")
+        return ids
 
-    def rollout_request(self, step: int) -> RolloutRequest:
-        """1. Sample ``prompts_per_step`` rows (a pure function of seed and step) and tokenize them."""
-        self._rows = self.env.batch(step, self.hp["prompts_per_step"])
-        return RolloutRequest(
-            group=self.name, prompt_ids=self._encode_prompts(self._rows), n=self.hp["group_size"],
-            max_new_tokens=self.hp["max_completion_length"], temperature=self.hp["temperature"],
-            top_p=self.hp["top_p"], seed=step_seed(self.plan.seed, step))
+    def begin(self, step: int, rows: list[dict] | None = None) -> RolloutRequest | None:
+        """1. Start this step's episodes: ``prompts_per_step`` rows of the env (a pure function of seed and
+        step), ``group_size`` episodes each; returns the first turn's request. A game agent gets its rows
+        (game instances) from the coordinator and its turns through ``turn``, so it returns None."""
+        hp = self.hp
+        sampling = {"max_new_tokens": hp["max_completion_length"], "temperature": hp["temperature"],
+                    "top_p": hp["top_p"], "seed": step_seed(self.plan.seed, step), "greedy": False}
+        if rows is None:
+            rows = self.env.batch(step, hp["prompts_per_step"])
+        return self._begin(rows, hp["group_size"], sampling)
 
-    def _score(self, rows: list[dict], result: RolloutResult, n: int):
-        """3. Rewards per function (TRL signature), total, and correctness."""
+    def begin_eval(self, n: int, temperature: float = 0.0, samples: int = 1,
+                   rows: list[dict] | None = None) -> RolloutRequest | None:
+        """Held-out episodes: greedy (``temperature == 0``) or fixed-seed sampling, the same seed every time."""
+        sampling = {"max_new_tokens": self.hp["max_completion_length"], "temperature": temperature or 1.0,
+                    "top_p": 1.0, "seed": step_seed(self.plan.seed, -1), "greedy": temperature == 0}
+        if rows is None:
+            rows = self.env.eval_rows(n)
+        return self._begin(rows, 1 if temperature == 0 else samples, sampling)
+
+    def _begin(self, rows: list[dict], n: int, sampling: dict) -> RolloutRequest | None:
+        self._episodes = Episodes(self.tokenizer, self._encode, self.name, rows, n, sampling)
+        self._turn = 0
+        self._env_rewards: list[float] | None = None
+        if self.game_role is not None:
+            return None
+        if isinstance(self.env, MultiTurnEnv):
+            self._states = [self.env.reset(row) for row in rows for _ in range(n)]
+            self._env_rewards = [0.0] * len(self._states)
+        return self._episodes.first_request()
+
+    def turn(self, observations: dict[int, Any]) -> RolloutRequest:
+        """A game agent's turn: its first prompt or next user message per episode (from the coordinator)."""
+        self._turn += 1
+        return self._episodes.request(observations, self._turn)
+
+    def observe(self, result: RolloutResult) -> dict:
+        """2. Record a turn's completions; a multi-turn env answers them. Returns ``{"replies": {episode:
+        text}, "request": the next turn's RolloutRequest or None}``."""
+        replies = self._episodes.record(result)
+        request = None
+        if self._env_rewards is not None:
+            observations = {}
+            for e, text in replies.items():
+                turn = self.env.step(self._states[e], text)
+                self._env_rewards[e] += turn.reward
+                if not turn.done and turn.observation is not None and \
+                        self._episodes.transcripts[e].turns < self.env.max_turns:
+                    observations[e] = turn.observation
+            if observations:
+                self._turn += 1
+                request = self._episodes.request(observations, self._turn)
+        return {"replies": replies, "request": request}
+
+    def _score(self, env_rewards: list[float] | None, success: list | None):
+        """3. Rewards per function (TRL signature; an env's or game's reward is the ``env_reward`` column),
+        total, and correctness (the game's success, else the ``answer`` column)."""
         from rewards.scoring import score
 
-        texts = self.tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
-        prompts = [row["prompt"] for row in rows for _ in range(n)]
-        completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t for p, t in zip(prompts, texts)]
-        columns = {k: [row.get(k) for row in rows for _ in range(n)] for k in rows[0] if k != "prompt"}
+        eps = self._episodes
+        rows = [eps.rows[t.row] for t in eps.transcripts]
+        prompts = [t.prompt for t in eps.transcripts]
+        completions = eps.completions()
+        columns = {k: [row.get(k) for row in rows] for k in rows[0] if k != "prompt"}
+        env_rewards = env_rewards if env_rewards is not None else self._env_rewards
+        if env_rewards is not None:
+            columns["env_reward"] = list(env_rewards)
         scored = score(self.reward_fns, prompts, completions, columns)
-        correct = [math.nan] * len(texts)
-        if "answer" in columns:
+        correct = [math.nan] * len(prompts)
+        if success is not None:
+            correct = [math.nan if c is None else float(c) for c in success]
+        elif "answer" in columns:
             correct = [math.nan if c is None else c for c in self.is_correct(prompts, completions, **columns)]
-        return texts, scored, correct
+        return scored, correct
 
-    def learn(self, step: int, result: RolloutResult) -> dict:
-        """Steps 3-8 of GRPO on the completions of this step; returns the metrics row and sample rows."""
+    def learn(self, step: int, env_rewards: list[float] | None = None, success: list | None = None) -> dict:
+        """Steps 3-8 of GRPO on this step's episodes; returns the metrics row and sample rows.
+        A game agent gets its rewards and the game's success per episode from the coordinator."""
         import torch
 
         from engine.grpo import LOSS_AGGREGATION, clipped_token_loss, completion_logprobs, group_advantages, k3_kl, masked_mean
 
-        hp, G, rows = self.hp, self.hp["group_size"], self._rows
+        hp, G, eps = self.hp, self._episodes.n, self._episodes
         group_fault(self.name, step)
         t0 = time.perf_counter()
         # 3. rewards
-        texts, scored, correct = self._score(rows, result, G)
+        scored, correct = self._score(env_rewards, success)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [B]
-        # 4. group-relative advantages
+        # 4. group-relative advantages (over the episodes of one row)
         advantages = group_advantages(rewards, G, hp["scale_rewards"])  # [B]
-        # 5. loss on the trainer's own log-probs, clipped against the rollout-time ones
-        batch = self._pack(result)
+        # 5. loss on the trainer's own log-probs, clipped against the rollout-time ones; model tokens only
+        batch = self._pack()
+        max_len = hp["max_completion_length"] * max(t.turns for t in eps.transcripts)
         if hp["beta"] > 0:
             with torch.no_grad(), self.model.disable_adapter():
                 ref_logp = completion_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["P"], hp["temperature"])
@@ -202,7 +260,7 @@ class GroupActor:
             logp = completion_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["P"], hp["temperature"])  # [B, L]
             token_loss, clipped = clipped_token_loss(logp, batch["old_logp"], advantages, hp["epsilon_low"], hp["epsilon_high"])
             kl = k3_kl(logp, ref_logp) if hp["beta"] > 0 else torch.zeros_like(logp)
-            loss = LOSS_AGGREGATION[hp["loss_type"]](token_loss + hp["beta"] * kl, batch["mask"], hp["max_completion_length"])
+            loss = LOSS_AGGREGATION[hp["loss_type"]](token_loss + hp["beta"] * kl, batch["mask"], max_len)
             # 6. optimizer step on the LoRA parameters only
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,13 +269,15 @@ class GroupActor:
         self.model.eval()
         train_s = time.perf_counter() - t0
         # 7. publish the new adapter version to the rollout service
+        served = min(t.adapter_version for t in eps.transcripts)
         self.version += 1
         publish_s = self.publish()
         # 8. metrics row + sample rows
         mask = batch["mask"]
-        lengths = [len(c) for c in result.completion_ids]
+        lengths = [int(sum(t.mask)) for t in eps.transcripts]
+        turns = [t.turns for t in eps.transcripts]
         metrics = {
-            "step": step, "group": self.name, "cohort": self.plan.cohort, "adapter_version": result.adapter_version,
+            "step": step, "group": self.name, "cohort": self.plan.cohort, "adapter_version": served,
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
             **{f"reward/{k}": _nanmean(v) for k, v in scored.per_function.items()},
             "reward_failures": len(scored.failures), "accuracy": _nanmean(correct),
@@ -225,60 +285,60 @@ class GroupActor:
             "kl": masked_mean(kl.detach(), mask), "clip_ratio": masked_mean(clipped, mask),
             "logprob_mismatch": masked_mean((logp.detach() - batch["old_logp"]).abs(), mask) if hp["num_iterations"] == 1 else math.nan,
             "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "temperature": hp["temperature"],
-            "beta": hp["beta"], "prompts_per_step": hp["prompts_per_step"],
+            "beta": hp["beta"], "prompts_per_step": len(eps.rows),
             "completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
-            "truncated_frac": sum(f == "length" for f in result.finish_reasons) / len(lengths),
-            "time/rollout_s": result.seconds, "time/train_s": train_s, "time/publish_s": publish_s,
+            "turns_mean": sum(turns) / len(turns),
+            "truncated_frac": sum(t.finish_reason == "length" for t in eps.transcripts) / len(lengths),
+            "time/rollout_s": eps.rollout_seconds, "time/train_s": train_s, "time/publish_s": publish_s,
         }
         samples = [{
             "step": step, "group": self.name, "prompt_index": i // G, "sample_index": i % G,
-            "prompt": self.tokenizer.decode(result.prompt_ids[i], skip_special_tokens=False), "completion": texts[i],
-            "answer": str(rows[i // G].get("answer")), "reward": scored.total[i],
+            **self._sample_text(t), "answer": str(eps.rows[t.row].get("answer")), "reward": scored.total[i],
             **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
-            "correct": correct[i], "advantage": float(advantages[i]), "finish_reason": result.finish_reasons[i],
-            "completion_tokens": lengths[i], "adapter_version": result.adapter_version,
-        } for i in range(len(texts))]
+            "correct": correct[i], "advantage": float(advantages[i]), "finish_reason": t.finish_reason,
+            "completion_tokens": lengths[i], "turns": t.turns, "adapter_version": t.adapter_version,
+        } for i, t in enumerate(eps.transcripts)]
         return {"metrics": metrics, "samples": samples, "failures": scored.failures}
 
-    def _pack(self, result: RolloutResult) -> dict:
-        """Prompts left-padded to P, completions right-padded to L: ids [B, P+L], mask [B, L], old log-probs [B, L]."""
+    def _sample_text(self, t) -> dict:
+        """Prompt and completion as text; a multi-turn completion keeps its turn markers."""
+        decode = self.tokenizer.decode
+        completion = t.replies[0] if t.turns == 1 else decode(t.ids, skip_special_tokens=False)
+        return {"prompt": decode(t.prompt_ids, skip_special_tokens=False), "completion": completion}
+
+    def _pack(self) -> dict:
+        """First prompts left-padded to P, the rest (model turns + observations) right-padded to L:
+        ids [B, P+L]; loss mask [B, L] (1 on sampled tokens); sampler log-probs [B, L]."""
         import torch
 
         pad = self.tokenizer.pad_token_id
-        P = max(len(p) for p in result.prompt_ids)
-        L = max(1, max(len(c) for c in result.completion_ids))
+        transcripts = self._episodes.transcripts
+        P = max(len(t.prompt_ids) for t in transcripts)
+        L = max(1, max(len(t.ids) for t in transcripts))
         ids, attn, mask, old = [], [], [], []
-        for p, c, lp in zip(result.prompt_ids, result.completion_ids, result.logprobs):
-            ids.append([pad] * (P - len(p)) + p + c + [pad] * (L - len(c)))
-            attn.append([0] * (P - len(p)) + [1] * (len(p) + len(c)) + [0] * (L - len(c)))
-            mask.append([1.0] * len(c) + [0.0] * (L - len(c)))
-            old.append(lp + [0.0] * (L - len(c)))
+        for t in transcripts:
+            p, c, gap = t.prompt_ids, t.ids, L - len(t.ids)
+            ids.append([pad] * (P - len(p)) + p + c + [pad] * gap)
+            attn.append([0] * (P - len(p)) + [1] * (len(p) + len(c)) + [0] * gap)
+            mask.append(t.mask + [0.0] * gap)
+            old.append(t.logprobs + [0.0] * gap)
         return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(attn), "P": P,
                 "mask": torch.tensor(mask), "old_logp": torch.tensor(old)}
 
     # --- held-out evaluation ----------------------------------------------------------------------
 
-    def eval_request(self, step: int, n: int, temperature: float = 0.0, samples: int = 1) -> RolloutRequest:
-        """Held-out rows: greedy (``temperature == 0``) or fixed-seed sampling, the same seed at every evaluation."""
-        self._eval_rows = self.env.eval_rows(n)
-        self._eval_n = 1 if temperature == 0 else samples
-        return RolloutRequest(group=self.name, prompt_ids=self._encode_prompts(self._eval_rows), n=self._eval_n,
-                              max_new_tokens=self.hp["max_completion_length"], greedy=temperature == 0,
-                              temperature=temperature or 1.0, seed=step_seed(self.plan.seed, -1))
-
-    def evaluate(self, step: int, result: RolloutResult) -> list[dict]:
-        """One row per held-out completion: reward per function, correctness, format, token ids and log-probs."""
-        n = self._eval_n
-        texts, scored, correct = self._score(self._eval_rows, result, n)
-        formatted = self.is_formatted(None, texts)
+    def evaluate(self, step: int, env_rewards: list[float] | None = None, success: list | None = None) -> list[dict]:
+        """One row per held-out episode: reward per function, correctness, format, token ids and log-probs."""
+        eps, n = self._episodes, self._episodes.n
+        scored, correct = self._score(env_rewards, success)
+        formatted = self.is_formatted(None, [completion_text(c) for c in eps.completions()])
         return [{
             "step": step, "group": self.name, "prompt_index": i // n, "sample_index": i % n,
-            "prompt": self.tokenizer.decode(result.prompt_ids[i]), "completion": texts[i],
-            "answer": str(self._eval_rows[i // n].get("answer")), "reward": scored.total[i],
+            **self._sample_text(t), "answer": str(eps.rows[t.row].get("answer")), "reward": scored.total[i],
             **{f"reward/{k}": v[i] for k, v in scored.per_function.items()}, "correct": correct[i],
-            "format_ok": formatted[i], "adapter_version": result.adapter_version, "prompt_ids": result.prompt_ids[i],
-            "completion_ids": result.completion_ids[i], "logprobs": result.logprobs[i],
-        } for i in range(len(texts))]
+            "format_ok": formatted[i], "turns": t.turns, "adapter_version": t.adapter_version,
+            "prompt_ids": t.prompt_ids, "completion_ids": t.ids, "logprobs": t.logprobs, "completion_mask": t.mask,
+        } for i, t in enumerate(eps.transcripts)]
 
 
 def _nanmean(values: list[float]) -> float:

@@ -144,3 +144,18 @@ def length_penalty(target: int = 1024, scale: float = 1.0) -> RewardFn:
         return [-scale * n / target if n > 0 else 0.0 for n in over]  # 0.0, never -0.0
 
     return _named(reward, "length_penalty")
+
+
+def env_reward() -> RewardFn:
+    """The reward a multi-turn env or a game gave each episode (its ``env_reward`` column).
+
+    >>> env_reward()(None, ["a", "b"], env_reward=[1.0, 0.5])
+    [1.0, 0.5]
+    """
+
+    def reward(prompts: list, completions: list, **kwargs: Any) -> list[float | None]:
+        if "env_reward" not in kwargs:
+            raise KeyError("env_reward: this env gives no env_reward column (use it with guess, signaling or negotiation)")
+        return [None if r is None else float(r) for r in kwargs["env_reward"]]
+
+    return _named(reward, "env_reward")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from rewards.builtin import answer_exact, answer_numeric, format_approx, format_exact, length_penalty
+from rewards.builtin import answer_exact, answer_numeric, env_reward, format_approx, format_exact, length_penalty
 from rewards.code_reward import code_exec
 
 BUILTIN_REWARDS: dict[str, Callable[..., Callable[..., list[float | None]]]] = {
@@ -25,6 +25,7 @@ BUILTIN_REWARDS: dict[str, Callable[..., Callable[..., list[float | None]]]] = {
     "answer_numeric": answer_numeric,
     "length_penalty": length_penalty,
     "code_exec": code_exec,
+    "env_reward": env_reward,
 }
 
 
