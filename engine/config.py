@@ -45,6 +45,10 @@ class GRPOConfig(_Strict):
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Advantage scaling: std of the prompt's group, of the whole batch, or none (Dr. GRPO).")
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("dapo", description="Loss aggregation, as TRL: per-sequence mean (grpo), / (B * max_completion_length) (dr_grpo), per-token mean (dapo).")
     num_iterations: int = Field(1, ge=1, description="Optimizer steps per rollout batch (mu in the GRPO paper).")
+    micro_batch_size: int = Field(0, ge=0, description="Sequences per forward/backward pass (gradient accumulation; the loss is the same); 0: the whole batch at once.")
+    vllm_importance_sampling_correction: bool = Field(False, description="Truncated importance sampling (TRL's option of the same name): the ratio is taken against the trainer's own old log-probs and each token's loss is weighted by exp(trainer_old - sampler), capped.")
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = Field("token_truncate", description="Per-token or per-sequence weights; clamp them at the cap or drop tokens beyond it (as TRL).")
+    vllm_importance_sampling_cap: float = Field(3.0, gt=0, description="Upper bound of the importance weight.")
 
 
 class LoraConfig(_Strict):
@@ -217,6 +221,25 @@ class PopulationConfig(_Strict):
     max_restarts: int = Field(2, ge=0, description="Restarts of a failing group actor before the group is marked failed.")
 
 
+class RolloutConfig(_Strict):
+    """The rollout service's engine settings (the ``vllm`` backend; the ``hf`` backend ignores them)."""
+
+    gpu_memory_utilization: float = Field(0.35, gt=0, le=1, description="vLLM's share of GPU memory (weights + KV cache); the rest is for the training actors on the same GPU.")
+    max_model_len: int = Field(2048, ge=16, description="Longest prompt + completion vLLM schedules.")
+    enable_prefix_caching: bool = Field(True, description="vLLM prefix cache (keyed by adapter name: every published version gets a new one).")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="vLLM weights dtype (its LoRA kernels need bfloat16 or float16).")
+    num_gpus: float = Field(0.4, ge=0, description="Ray GPU resource of the rollout actor (fractional: colocated with the group actors).")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start, slower decode).")
+
+
+class TrainingConfig(_Strict):
+    """Where the group actors train."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Trainer device: auto = cuda where available.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Trainer weights dtype: auto = bfloat16 on cuda, float32 on cpu (LoRA weights and Adam state stay float32).")
+    num_gpus_per_group: float = Field(0.05, ge=0, description="Ray GPU resource of each group actor on cuda (fractional: they share the GPU with the rollout actor).")
+
+
 class RayConfig(_Strict):
     """Where the actors run."""
 
@@ -231,9 +254,11 @@ class RunConfig(_Strict):
     output_dir: str = Field("runs", description="Parent of run directories (must be reachable by every node on a cluster).")
     seed: int = Field(0, description="Run seed; groups without a seed get seed + 1000 * index.")
     steps: int = Field(30, ge=1, description="GRPO steps per group.")
-    base_model: str = Field("builtin:tiny", description="'builtin:tiny', a local Hugging Face model directory, or a hub id (needs network).")
+    base_model: str = Field("builtin:tiny", description="'builtin:tiny', 'builtin:random-0.5b' / 'builtin:random-1b' (randomly initialised Llama for benchmarks), a local Hugging Face model directory, or a hub id (needs network).")
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Settings of builtin:tiny.")
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description="Rollout backend: vllm where CUDA and vllm import, else hf.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engine settings (vllm).")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Trainer device and dtype.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster settings.")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="Run-level GRPO defaults.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Run-level LoRA defaults.")

@@ -77,15 +77,23 @@ def default_run_dir(cfg: RunConfig, config_name: str) -> Path:
 
 
 def resolve_backend(backend: str) -> str:
+    """``auto``: vllm where CUDA is available and vllm is installed, else hf."""
     if backend != "auto":
         return backend
-    try:
-        import torch
-        import vllm  # noqa: F401
+    import importlib.util
 
-        return "vllm" if torch.cuda.is_available() else "hf"
-    except ImportError:
-        return "hf"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def resolve_training(training: dict) -> dict:
+    """Trainer device and dtype with ``auto`` resolved: cuda + bfloat16 where CUDA is available."""
+    import torch
+
+    device = training["device"] if training["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = training["dtype"] if training["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    return {**training, "device": device, "dtype": dtype}
 
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -114,8 +122,6 @@ def _prepare(cfg: RunConfig, config_dir: Path, log) -> tuple[list[GroupPlan], st
     except ValueError as e:
         raise ConfigError(str(e)) from None
     preflight(plans)
-    if resolve_backend(cfg.backend) != "hf":
-        raise NotImplementedError("backend 'vllm' is issue #5 (vLLM multi-LoRA rollout backend); use backend: hf")
     from engine.models import resolve_base_model
 
     return plans, resolve_base_model(cfg.base_model, cfg.tiny_model.model_dump(), log=log)
@@ -160,7 +166,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
     evals = read_table(run_dir, "evals").to_dict("records")
     started = _init_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
-        population = Population(plans, model_path, run_dir, pop_cfg.max_restarts, log)
+        population = Population(plans, model_path, run_dir, pop_cfg.max_restarts, log, resolve_backend(cfg.backend),
+                                cfg.rollout.model_dump(), resolve_training(cfg.training.model_dump()))
         population.failed = list(state.get("failed", []))
         population.restarts.update(state.get("restarts", {}))
         writer.write_part("events", population.start(start or None), 0)  # start-up events are step 0

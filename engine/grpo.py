@@ -112,3 +112,15 @@ LOSS_AGGREGATION: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Te
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return float((x * mask).sum() / mask.sum().clamp(min=1.0))
+
+
+def aggregation_weights(loss_type: str, mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``W`` [B, L] with ``LOSS_AGGREGATION[loss_type](loss, mask, max_len) == (loss * W).sum()``.
+
+    Every aggregation is linear in the per-token loss, so its gradient is that weight; with it,
+    micro-batches (gradient accumulation) add up to exactly the full batch's loss.
+    """
+    probe = torch.ones_like(mask, dtype=torch.float32, requires_grad=True)
+    with torch.enable_grad():
+        LOSS_AGGREGATION[loss_type](probe, mask.float(), max_len).backward()
+    return probe.grad.to(mask.dtype)

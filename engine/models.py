@@ -11,8 +11,11 @@ def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print
     anything else is passed to ``from_pretrained`` as a hub id (which needs network)."""
     if base_model.startswith("builtin:"):
         name = base_model.split(":", 1)[1]
+        if name.startswith("random-"):
+            return str(ensure_random_model(name.removeprefix("random-"), log=log))
         if name != "tiny":
-            raise ValueError(f"base_model: unknown built-in model {base_model!r} (known: builtin:tiny)")
+            raise ValueError(f"base_model: unknown built-in model {base_model!r} "
+                             "(known: builtin:tiny, builtin:random-0.5b, builtin:random-1b)")
         from engine.tiny_model import ensure_tiny_model
 
         return str(ensure_tiny_model(tiny_settings, log=log))
@@ -22,6 +25,35 @@ def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print
             raise ValueError(f"base_model: {path} is not a Hugging Face model directory (no config.json)")
         return str(path.resolve())
     return base_model
+
+
+def ensure_random_model(size: str, log=print) -> Path:
+    """``builtin:random-<size>``: a randomly initialised Llama of that size (benchmarks; nothing to
+    download), built once into the tiny model's cache root under a file lock."""
+    import fcntl
+    import os
+    import shutil
+    import tempfile
+
+    from engine.random_model import SIZES, build_random_llama
+    from engine.tiny_model import cache_root
+
+    if size not in SIZES:
+        raise ValueError(f"base_model: unknown random model size {size!r} (known: {', '.join(SIZES)})")
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"random-{size}"
+    with open(root / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").is_file():
+            log(f"building builtin:random-{size} (random weights, cached in {target}) ...")
+            tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=root))
+            try:
+                build_random_llama(tmp, size)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def quiet_libraries() -> None:

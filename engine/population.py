@@ -29,19 +29,32 @@ def actor_name(run_dir: Path, group: str) -> str:
 
 class Population:
     def __init__(self, plans: list[GroupPlan], model_path: str, run_dir: Path, max_restarts: int,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, backend: str = "hf", rollout: dict | None = None,
+                 training: dict | None = None):
+        """``rollout``: the vllm engine's settings (``RolloutConfig``); ``training``: ``{"device", "dtype",
+        "num_gpus_per_group"}`` with device and dtype resolved."""
         import ray
 
-        from engine.rollout.hf import HFRollout
         from groups.actor import default_threads
 
         self.plans = {p.name: p for p in plans}
         self.model_path, self.run_dir, self.max_restarts, self.log = model_path, Path(run_dir), max_restarts, log
+        self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus_per_group": 0.0}
         self.threads = default_threads(len(plans))
         self.restarts = {p.name: 0 for p in plans}
         self.failed: list[str] = []
         self.checkpoint_step: int | None = None
-        self.rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, {p.name: p.lora for p in plans})
+        adapters = {p.name: p.lora for p in plans}
+        if backend == "vllm":
+            from engine.rollout.vllm import VLLMRollout
+
+            opts = dict(rollout or {})
+            self.rollout = ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4))(VLLMRollout).remote(
+                model_path, adapters, **opts)
+        else:
+            from engine.rollout.hf import HFRollout
+
+            self.rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, adapters)
         self.games, self.game_specs = build_games(plans)  # multi-agent games, played from here
         self.game_of = {g: name for name, episodes in self.games.items() for g in episodes.agents.values()}
         self.actors = {p.name: self._spawn(p) for p in plans}
@@ -52,9 +65,10 @@ class Population:
         from groups.actor import GroupActor
 
         k = self.restarts[plan.name]
-        return ray.remote(num_cpus=0, max_restarts=0)(GroupActor).options(
+        gpus = self.training["num_gpus_per_group"] if self.training["device"] == "cuda" else 0
+        return ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=0)(GroupActor).options(
             name=actor_name(self.run_dir, plan.name) + (f"#{k}" if k else ""), namespace="lorapop",
-        ).remote(plan, self.model_path, self.rollout, self.threads)
+        ).remote(plan, self.model_path, self.rollout, self.threads, self.training["device"], self.training["dtype"])
 
     @property
     def live(self) -> list[str]:

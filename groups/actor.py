@@ -39,7 +39,9 @@ def step_seed(seed: int, step: int) -> int:
 class GroupActor:
     """Used as ``ray.remote(GroupActor)``; also works as a plain object (tests, debugging)."""
 
-    def __init__(self, plan: GroupPlan, model_path: str, rollout: Any, num_threads: int = 1):
+    def __init__(self, plan: GroupPlan, model_path: str, rollout: Any, num_threads: int = 1, device: str = "cpu",
+                 dtype: str = "float32"):
+        """``device``/``dtype``: where the frozen base lives for training (LoRA weights stay float32)."""
         import torch
         from peft import get_peft_model
 
@@ -58,7 +60,8 @@ class GroupActor:
         self.is_formatted = load_reward("format_exact", defaults=plan.tags)
         self.tokenizer = load_tokenizer(model_path)
         torch.manual_seed(plan.seed)  # LoRA A init; B starts at zero, so version 0 == the base
-        self.model = get_peft_model(load_base(model_path), peft_lora_config(**plan.lora))
+        self.device = device
+        self.model = get_peft_model(load_base(model_path, dtype, device), peft_lora_config(**plan.lora))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.hp["lr"], betas=tuple(self.hp["adam_betas"]),
                                            weight_decay=self.hp["weight_decay"])
@@ -75,7 +78,7 @@ class GroupActor:
     def adapter_state(self) -> dict:
         from peft import get_peft_model_state_dict
 
-        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(self.model).items()}
 
     def publish(self) -> float:
         """Send the current adapter version to the rollout service; returns the seconds it took."""
@@ -89,7 +92,7 @@ class GroupActor:
         """Everything that defines this group's training from here on: adapter, optimizer, RNG, hyper-parameters."""
         import torch
 
-        return {"adapter": self.adapter_state(), "optimizer": self.optimizer.state_dict(), "hp": dict(self.hp),
+        return {"adapter": self.adapter_state(), "optimizer": _to_cpu(self.optimizer.state_dict()), "hp": dict(self.hp),
                 "version": self.version, "torch_rng": torch.get_rng_state()}
 
     def set_state(self, state: dict, hp: dict | None = None, bump_version: bool = False) -> int:
@@ -239,7 +242,8 @@ class GroupActor:
         A game agent gets its rewards and the game's success per episode from the coordinator."""
         import torch
 
-        from engine.grpo import LOSS_AGGREGATION, clipped_token_loss, completion_logprobs, group_advantages, k3_kl, masked_mean
+        from engine.grpo import aggregation_weights, clipped_token_loss, completion_logprobs, group_advantages, k3_kl, masked_mean
+        from engine.importance import importance_weights
 
         hp, G, eps = self.hp, self._episodes.n, self._episodes
         group_fault(self.name, step)
@@ -248,24 +252,52 @@ class GroupActor:
         scored, correct = self._score(env_rewards, success)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [B]
         # 4. group-relative advantages (over the episodes of one row)
-        advantages = group_advantages(rewards, G, hp["scale_rewards"])  # [B]
-        # 5. loss on the trainer's own log-probs, clipped against the rollout-time ones; model tokens only
-        batch = self._pack()
+        advantages = group_advantages(rewards, G, hp["scale_rewards"]).to(self.device)  # [B]
+        # 5. loss on the trainer's own log-probs, clipped against the rollout-time ones; model tokens only.
+        #    With importance-sampling correction (TRL's vllm_importance_sampling_correction) the ratio is
+        #    taken against the trainer's own old log-probs and each token is weighted by
+        #    exp(trainer_old - sampler), capped. Micro-batches add up to the full batch's loss.
+        batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in self._pack().items()}
+        mask, B = batch["mask"], batch["mask"].size(0)  # [B, L]
         max_len = hp["max_completion_length"] * max(t.turns for t in eps.transcripts)
+        weights = aggregation_weights(hp["loss_type"], mask, max_len)  # [B, L]: loss = sum(token_loss * weights)
+        size = hp["micro_batch_size"] or B
+        chunks = [slice(i, i + size) for i in range(0, B, size)]
+
+        def logprobs(sl: slice):  # [b, L]
+            return completion_logprobs(self.model, batch["input_ids"][sl], batch["attention_mask"][sl], batch["P"],
+                                       hp["temperature"])
+
+        ref_logp = is_weights = None
+        old = batch["old_logp"]
         if hp["beta"] > 0:
             with torch.no_grad(), self.model.disable_adapter():
-                ref_logp = completion_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["P"], hp["temperature"])
+                ref_logp = torch.cat([logprobs(sl) for sl in chunks])  # [B, L]
+        if hp["vllm_importance_sampling_correction"]:
+            with torch.no_grad():
+                old = torch.cat([logprobs(sl) for sl in chunks])  # [B, L] trainer's old log-probs
+            is_weights = importance_weights(old, batch["old_logp"], mask, hp["vllm_importance_sampling_mode"],
+                                            hp["vllm_importance_sampling_cap"])  # [B, L] or [B, 1]
         self.model.train()
         for _ in range(hp["num_iterations"]):
-            logp = completion_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["P"], hp["temperature"])  # [B, L]
-            token_loss, clipped = clipped_token_loss(logp, batch["old_logp"], advantages, hp["epsilon_low"], hp["epsilon_high"])
-            kl = k3_kl(logp, ref_logp) if hp["beta"] > 0 else torch.zeros_like(logp)
-            loss = LOSS_AGGREGATION[hp["loss_type"]](token_loss + hp["beta"] * kl, batch["mask"], max_len)
-            # 6. optimizer step on the LoRA parameters only
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            parts = []
+            for sl in chunks:
+                logp = logprobs(sl)
+                token_loss, clipped = clipped_token_loss(logp, old[sl], advantages[sl], hp["epsilon_low"], hp["epsilon_high"])
+                if is_weights is not None:
+                    token_loss = token_loss * is_weights[sl]
+                kl = k3_kl(logp, ref_logp[sl]) if ref_logp is not None else torch.zeros_like(logp)
+                loss = ((token_loss + hp["beta"] * kl) * weights[sl]).sum()
+                loss.backward()
+                parts.append((logp.detach(), clipped, kl.detach(), loss.detach()))
+            # 6. optimizer step on the LoRA parameters only
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, hp["max_grad_norm"]))
             self.optimizer.step()
+        logp, clipped, kl = (torch.cat([p[i] for p in parts]) for i in range(3))
+        loss = sum(p[3] for p in parts)
+        if self.device == "cuda":  # hand cached activation memory back: the GPU is shared with vLLM and the other groups
+            torch.cuda.empty_cache()
         self.model.eval()
         train_s = time.perf_counter() - t0
         # 7. publish the new adapter version to the rollout service
@@ -273,7 +305,6 @@ class GroupActor:
         self.version += 1
         publish_s = self.publish()
         # 8. metrics row + sample rows
-        mask = batch["mask"]
         lengths = [int(sum(t.mask)) for t in eps.transcripts]
         turns = [t.turns for t in eps.transcripts]
         metrics = {
@@ -284,6 +315,7 @@ class GroupActor:
             "advantage_abs": float(advantages.abs().mean()), "loss": float(loss.detach()),
             "kl": masked_mean(kl.detach(), mask), "clip_ratio": masked_mean(clipped, mask),
             "logprob_mismatch": masked_mean((logp.detach() - batch["old_logp"]).abs(), mask) if hp["num_iterations"] == 1 else math.nan,
+            "is_weight_mean": masked_mean(is_weights.expand_as(mask), mask) if is_weights is not None else math.nan,
             "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "temperature": hp["temperature"],
             "beta": hp["beta"], "prompts_per_step": len(eps.rows),
             "completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
@@ -344,6 +376,17 @@ class GroupActor:
 def _nanmean(values: list[float]) -> float:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return sum(vals) / len(vals) if vals else math.nan
+
+
+def _to_cpu(obj):
+    """A (nested) state dict with every tensor on the CPU: checkpoints and donor states cross processes."""
+    if hasattr(obj, "detach"):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def default_threads(num_groups: int) -> int:

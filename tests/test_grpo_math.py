@@ -98,3 +98,17 @@ def test_completion_logprobs_ignores_left_padding():
     logits = model(torch.tensor([prompt + completion])).logits[0]
     by_hand = [torch.log_softmax(logits[2], -1)[8].item(), torch.log_softmax(logits[3], -1)[9].item()]
     assert alone[0].tolist() == pytest.approx(by_hand, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_aggregation_weights_let_micro_batches_add_up_to_the_full_loss(loss_type):
+    from engine.grpo import aggregation_weights
+
+    torch.manual_seed(0)
+    loss = torch.randn(6, 5)
+    mask = (torch.rand(6, 5) > 0.3).float()
+    mask[:, 0] = 1.0
+    full = LOSS_AGGREGATION[loss_type](loss, mask, 5)
+    w = aggregation_weights(loss_type, mask, 5)
+    chunks = sum((loss[i:i + 4] * w[i:i + 4]).sum() for i in range(0, 6, 4))
+    assert float(chunks) == pytest.approx(float(full), abs=1e-6)

@@ -1,0 +1,224 @@
+"""The ``vllm`` rollout backend: one ``vllm.LLM`` with multi-LoRA, every group's requests in one batch.
+
+One engine holds one copy of the frozen base; each group's adapter is a vLLM LoRA, and each request
+carries its group's ``LoRARequest``, so a single ``generate`` call runs all groups' prompts together
+(the scheduler mixes up to ``max_loras`` adapters per step). Same interface as ``HFRollout``:
+``publish``, ``adapter_versions``, ``generate``. Run it as a Ray actor on a GPU
+(``ray.remote(num_gpus=...)(VLLMRollout)``) or as a plain object.
+
+Publishing (after every optimizer step of a group), adapter only, no merge:
+  1. the LoRA state dict (PEFT key names) is written as ``adapter_model.safetensors`` +
+     ``adapter_config.json`` into a fresh directory under ``adapter_root`` (RAM-backed ``/dev/shm``
+     where present);
+  2. the old version is removed from the engine and the new one is preloaded with
+     ``llm_engine.add_lora`` under a new ``lora_int_id`` and a new name (``group@vN``);
+  3. the old version's directory is deleted.
+A new id, name and path per version means vLLM can never serve the old weights (a request that
+reuses an id with a new path silently keeps the old ones) and the prefix cache, keyed by adapter
+name, never hands out KV blocks computed with the old adapter.
+
+Log-probs: the engine runs with ``logprobs_mode="processed_logprobs"``, i.e. the log-softmax of
+the logits after temperature (and after top-k/top-p, which renormalise over the kept tokens; with
+``top_p=1`` this is exactly the ``hf`` backend's ``log_softmax(logits / T)``).
+Seeds: each completion is its own request with ``seed = f(request.seed, prompt, sample)``, so the
+same request gives the same completions regardless of what else is in the batch.
+Nothing is imported at module import time: this file imports on a CPU machine without vLLM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from engine.rollout.types import RolloutRequest, RolloutResult
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
+
+
+def lora_rank_slot(r: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds rank ``r``."""
+    for slot in VLLM_LORA_RANKS:
+        if slot >= r:
+            return slot
+    raise ValueError(f"LoRA rank {r} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+
+
+def default_adapter_root() -> Path:
+    """A fresh RAM-backed directory (``/dev/shm``) where present, else the temp directory."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="lorapop-adapters-", dir=base))
+
+
+def sample_seed(seed: int, prompt: int, sample: int) -> int:
+    """Seed of sample ``sample`` of prompt ``prompt`` of a request seeded ``seed`` (63-bit)."""
+    digest = hashlib.blake2b(f"{seed}:{prompt}:{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def build_llm(model_path: str, *, lora_rank: int | None, max_loras: int = 1, max_cpu_loras: int | None = None,
+              gpu_memory_utilization: float = 0.5, max_model_len: int = 2048, enable_prefix_caching: bool = True,
+              dtype: str = "bfloat16", seed: int = 0, **llm_kwargs):
+    """A ``vllm.LLM`` for rollouts; ``lora_rank=None`` builds a base-only engine (no LoRA at all)."""
+    from vllm import LLM
+
+    lora = {} if lora_rank is None else {
+        "enable_lora": True, "max_loras": max_loras, "max_cpu_loras": max(max_cpu_loras or 0, max_loras),
+        "max_lora_rank": lora_rank_slot(lora_rank)}
+    return LLM(model=model_path, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+               max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+               logprobs_mode="processed_logprobs", **lora, **llm_kwargs)
+
+
+def sampling_params(r: RolloutRequest, prompt: int, sample: int, eos_token_id: int | None, ignore_eos: bool = False):
+    """vLLM ``SamplingParams`` of one completion: its sampled token's log-prob, no detokenising."""
+    from vllm import SamplingParams
+
+    common = {"n": 1, "max_tokens": r.max_new_tokens, "logprobs": 0, "detokenize": False,
+              "ignore_eos": ignore_eos}
+    if r.greedy:
+        return SamplingParams(temperature=0.0, **common)
+    return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=0,
+                          seed=sample_seed(r.seed, prompt, sample), **common)
+
+
+def sampled_logprobs(completion) -> list[float]:
+    """The sampled token's log-prob at each position of a vLLM ``CompletionOutput``."""
+    out = []
+    for token, position in zip(completion.token_ids, completion.logprobs):
+        out.append(position[token].logprob)
+    return out
+
+
+def run_requests(llm, requests: list[RolloutRequest], lora_for, versions: dict[str, int] | None = None,
+                 eos_token_id: int | None = None, ignore_eos: bool = False) -> list[RolloutResult]:
+    """One ``llm.generate`` over every completion of every request; ``lora_for(group)`` gives the
+    ``LoRARequest`` (or None for the base). Results come back prompt-major, one per request."""
+    prompts, params, loras = [], [], []
+    for r in requests:
+        lora = lora_for(r.group)
+        for i, p in enumerate(r.prompt_ids):
+            for j in range(r.n):
+                prompts.append({"prompt_token_ids": list(p)})
+                params.append(sampling_params(r, i, j, eos_token_id, ignore_eos))
+                loras.append(lora)
+    t0 = time.perf_counter()
+    outputs = llm.generate(prompts, params, lora_request=loras if any(x is not None for x in loras) else None,
+                           use_tqdm=False)
+    seconds = time.perf_counter() - t0
+    results, start = [], 0
+    for r in requests:
+        size = len(r.prompt_ids) * r.n
+        part = [o.outputs[0] for o in outputs[start:start + size]]
+        start += size
+        results.append(RolloutResult(
+            group=r.group, adapter_version=(versions or {}).get(r.group, -1),
+            prompt_ids=[list(p) for p in r.prompt_ids for _ in range(r.n)],
+            completion_ids=[list(c.token_ids) for c in part],
+            logprobs=[sampled_logprobs(c) for c in part],
+            finish_reasons=["stop" if c.finish_reason == "stop" else "length" for c in part],
+            seconds=seconds, extra={"backend": "vllm"}))
+    return results
+
+
+class VLLMRollout:
+    """Ray actor (``ray.remote(num_gpus=f)(VLLMRollout)``) or a plain object; state lives here."""
+
+    def __init__(self, model_path: str, adapters: dict[str, dict], gpu_memory_utilization: float = 0.5,
+                 max_model_len: int = 2048, adapter_root: str | None = None, enable_prefix_caching: bool = True,
+                 dtype: str = "bfloat16", seed: int = 0, ignore_eos: bool = False, **llm_kwargs):
+        """``adapters``: group -> LoRA kwargs (``r``, ``alpha``, ``dropout``, ``target_modules``), as for
+        ``HFRollout``. ``ignore_eos`` (benchmarks only) always generates ``max_new_tokens``.
+        ``llm_kwargs`` go to ``vllm.LLM`` as they are (``enforce_eager``, ``max_num_seqs``,
+        ``enable_sleep_mode``, ...)."""
+        from transformers import AutoTokenizer
+
+        if not adapters:
+            raise ValueError("VLLMRollout needs at least one group")
+        self.model_path = model_path
+        self.lora = {g: dict(kw) for g, kw in adapters.items()}
+        self.eos_token_id = AutoTokenizer.from_pretrained(model_path).eos_token_id
+        self.ignore_eos = ignore_eos
+        self.dtype = dtype  # adapters are written in the engine's dtype (vLLM's lora_dtype "auto")
+        self.own_root = adapter_root is None
+        self.root = Path(adapter_root) if adapter_root else default_adapter_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        rank = max(kw["r"] for kw in adapters.values())
+        self.llm = build_llm(model_path, lora_rank=rank, max_loras=len(adapters), max_cpu_loras=len(adapters),
+                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                             enable_prefix_caching=enable_prefix_caching, dtype=dtype, seed=seed, **llm_kwargs)
+        self.current: dict[str, object] = {}  # group -> LoRARequest of the version served now
+        self.versions = {g: -1 for g in adapters}  # -1: no version published yet
+        self.next_id = 1
+        self.last_publish: dict[str, float] = {}  # timings of the last publish (seconds), for benchmarks
+
+    def publish(self, group: str, version: int, state_dict: dict) -> int:
+        """Serve ``state_dict`` (LoRA weights, PEFT key names) as ``group``'s adapter from the next
+        ``generate`` on; the previous version is unloaded and its directory deleted."""
+        import torch
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        if group not in self.lora:
+            raise KeyError(f"unknown group {group!r}")
+        t0 = time.perf_counter()
+        target = self.root / group / f"v{version}-{self.next_id}"  # fresh per publish, never reused
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.mkdir(parents=True)
+        dtype = getattr(torch, self.dtype) if isinstance(self.dtype, str) and self.dtype != "auto" else torch.bfloat16
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / "adapter_model.safetensors"))
+        (tmp / "adapter_config.json").write_text(json.dumps(self.adapter_config(group, tensors)))
+        os.replace(tmp, target)
+        t1 = time.perf_counter()
+        old = self.current.get(group)
+        if old is not None:  # unload first: max_cpu_loras holds exactly one version per group
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+        request = LoRARequest(f"{group}@v{version}#{self.next_id}", self.next_id, str(target))
+        self.next_id += 1
+        if not self.llm.llm_engine.add_lora(request):  # preload now, not inside the next rollout
+            raise RuntimeError(f"vLLM refused adapter {request.lora_name} from {target}")
+        t2 = time.perf_counter()
+        if old is not None:
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        self.current[group] = request
+        self.versions[group] = version
+        self.last_publish = {"write_s": t1 - t0, "load_s": t2 - t1, "total_s": time.perf_counter() - t0}
+        return version
+
+    def adapter_config(self, group: str, tensors: dict) -> dict:
+        """PEFT ``adapter_config.json`` of ``group``, with the modules named explicitly (read off the
+        weights), so vLLM need not resolve shorthands like ``all-linear``."""
+        from engine.models import peft_lora_config
+
+        kw = self.lora[group]
+        config = peft_lora_config(**kw).to_dict()
+        modules = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors if ".lora_" in k})
+        config.update(base_model_name_or_path=self.model_path, target_modules=modules,
+                      peft_type="LORA", task_type="CAUSAL_LM")
+        return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+
+    def adapter_versions(self) -> dict[str, int]:
+        return dict(self.versions)
+
+    def generate(self, requests: list[RolloutRequest]) -> list[RolloutResult]:
+        """All groups' requests of one step in one ``generate`` call, each on its group's adapter."""
+        for r in requests:
+            if self.versions.get(r.group, -1) < 0:
+                raise RuntimeError(f"group {r.group!r} has no published adapter")
+        return run_requests(self.llm, requests, self.current.get, self.versions, self.eos_token_id, self.ignore_eos)
+
+    def close(self) -> None:
+        """Shut the engine down and delete the adapter directories this object created."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # shutdown is best-effort: the process may be exiting anyway
+                pass
+        if self.own_root:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,46 @@
+"""The random benchmark models: a tiny custom size builds, loads with transformers and generates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.random_model import SIZES, build_random_llama, count_parameters, llama_dims
+
+
+def test_named_sizes_are_what_they_say():
+    assert 0.45e9 < count_parameters(llama_dims("0.5b"), 32768) < 0.65e9
+    assert 0.9e9 < count_parameters(llama_dims("1b"), 32768) < 1.2e9
+    with pytest.raises(ValueError):
+        llama_dims("7b")
+    with pytest.raises(ValueError):
+        llama_dims({"hidden_size": 64})
+
+
+def test_custom_size_builds_and_loads(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dims = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    path = build_random_llama(tmp_path / "m", dims, seed=3, vocab_size=300, device="cpu")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.vocab_size == 300 and model.config.num_hidden_layers == 2
+    assert model.dtype == torch.bfloat16  # saved in bf16
+    n = json.loads((path / "lorapop_random_model.json").read_text())["parameters"]
+    assert n == count_parameters(llama_dims(dims), 300) == sum(p.numel() for p in model.parameters())
+    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (1, ids.shape[1] + 4) or out.shape[1] < ids.shape[1] + 4  # stopped at eos, or 4 new tokens
+    # same seed, same weights
+    again = build_random_llama(tmp_path / "m2", dims, seed=3, vocab_size=300, device="cpu")
+    a, b = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (path, again))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sizes_table_has_valid_heads():
+    for dims in SIZES.values():
+        assert dims["hidden_size"] % dims["num_attention_heads"] == 0
+        assert (dims["hidden_size"] // dims["num_attention_heads"]) in (64, 128)  # head dims every attention backend supports
