@@ -29,13 +29,12 @@ def _run(tmp_path, model, mb, is_):
     return pd.read_parquet(run_dir / "steps").sort_values("step").reset_index(drop=True)
 
 
-def test_micro_batches_give_the_same_training_as_one_batch(tmp_path, tiny_model_path):
-    whole, micro = _run(tmp_path, tiny_model_path, 0, False), _run(tmp_path, tiny_model_path, 3, False)
+def test_micro_batches_and_is_correction_leave_training_unchanged_when_sampler_and_trainer_agree(tmp_path, tiny_model_path):
+    """Gradient accumulation adds up to the whole batch's loss; on the hf backend the sampler's and the
+    trainer's log-probs agree (to ~1e-7), so the importance-sampling weights are ~1 and change nothing."""
+    whole = _run(tmp_path, tiny_model_path, 0, False)
+    micro = _run(tmp_path, tiny_model_path, 3, True)
     for col in ("loss", "grad_norm", "reward"):  # step 2's rollouts come from step 1's update: equal too
         assert micro[col].tolist() == pytest.approx(whole[col].tolist(), rel=1e-4, abs=1e-6), col
-
-
-def test_importance_sampling_correction_weights_are_near_one_when_sampler_and_trainer_agree(tmp_path, tiny_model_path):
-    steps = _run(tmp_path, tiny_model_path, 0, True)
-    assert steps["is_weight_mean"].tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
-    assert (steps["logprob_mismatch"] < 1e-4).all()
+    assert micro["is_weight_mean"].tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
+    assert whole["is_weight_mean"].isna().all()

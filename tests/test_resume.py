@@ -15,7 +15,7 @@ CONFIG = """
 seed: 9
 steps: 6
 eval_prompts: 3
-grpo: {prompts_per_step: 2, group_size: 4, max_completion_length: 40, lr: 0.003}
+grpo: {prompts_per_step: 2, group_size: 4, max_completion_length: 24, lr: 0.003}
 population:
   eval_interval: 2
   strategy: exploit_explore
