@@ -122,7 +122,7 @@ class Population:
         else:
             refs = {g: self.actors[g].begin.remote(step) for g in solo}
         for name in sorted(games):
-            game, rows, n = self._game_rows(name, step, evaluation)
+            game, rows = self._game_rows(name, step, evaluation)
             for g in game.agents.values():
                 refs[g] = (self.actors[g].begin_eval.remote(len(rows), evaluation["temperature"], evaluation["samples"], rows=rows)
                            if evaluation else self.actors[g].begin.remote(step, rows=rows))
@@ -176,7 +176,7 @@ class Population:
             rows = episodes.reset(episodes.game.eval_rows(evaluation["n"]), n)
         else:
             rows = episodes.reset(episodes.game.batch(step, spec["prompts_per_step"]), spec["group_size"])
-        return episodes, rows, episodes.n
+        return episodes, rows
 
     def _gather(self, refs: dict) -> tuple[dict, dict]:
         """Results by group, and the errors of groups whose actor died or raised."""
