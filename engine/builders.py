@@ -106,22 +106,22 @@ def build_game(env: dict[str, Any], seed: int, tags: dict[str, str]):
     raise ValueError(f"env.type: {env['type']!r} is not a game")
 
 
-def build_games(plans: list[GroupPlan]) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
-    """``GameEpisodes`` per game instance (agents by role) and its batch shape; the game's seed is its
-    first agent's."""
+def build_games(plans: list[GroupPlan]) -> tuple[dict[str, Any], dict[str, int]]:
+    """``GameEpisodes`` per game instance (agents by role, ``group_size`` episodes per row) and its rows
+    per step; the game's seed and batch shape are its first agent's (validated equal across agents)."""
     from envs.game import GameEpisodes
 
     agents: dict[str, list[GroupPlan]] = {}
     for p in plans:
         if "role" in p.env:
             agents.setdefault(p.env["game"], []).append(p)
-    games, specs = {}, {}
+    games, prompts = {}, {}
     for name, members in agents.items():
         first = members[0]
         game = build_game(first.env, first.seed, first.tags)
         games[name] = GameEpisodes(game, {p.env["role"]: p.name for p in members}, first.grpo["group_size"])
-        specs[name] = {"prompts_per_step": first.grpo["prompts_per_step"], "group_size": first.grpo["group_size"]}
-    return games, specs
+        prompts[name] = first.grpo["prompts_per_step"]
+    return games, prompts
 
 
 def build_rewards(rewards: list[dict[str, Any]], tags: dict[str, str]) -> list[tuple[str, Callable, float]]:

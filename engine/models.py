@@ -29,31 +29,13 @@ def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print
 
 def ensure_random_model(size: str, log=print) -> Path:
     """``builtin:random-<size>``: a randomly initialised Llama of that size (benchmarks; nothing to
-    download), built once into the tiny model's cache root under a file lock."""
-    import fcntl
-    import os
-    import shutil
-    import tempfile
-
+    download), built once into the tiny model's cache root."""
     from engine.random_model import SIZES, build_random_llama
-    from engine.tiny_model import cache_root
+    from engine.tiny_model import build_cached
 
     if size not in SIZES:
         raise ValueError(f"base_model: unknown random model size {size!r} (known: {', '.join(SIZES)})")
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"random-{size}"
-    with open(root / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "config.json").is_file():
-            log(f"building builtin:random-{size} (random weights, cached in {target}) ...")
-            tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=root))
-            try:
-                build_random_llama(tmp, size)
-                os.replace(tmp, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_cached(f"random-{size}", lambda out: build_random_llama(out, size), f"builtin:random-{size}", log)
 
 
 def quiet_libraries() -> None:

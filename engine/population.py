@@ -55,7 +55,7 @@ class Population:
             from engine.rollout.hf import HFRollout
 
             self.rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, adapters)
-        self.games, self.game_specs = build_games(plans)  # multi-agent games, played from here
+        self.games, self.game_prompts = build_games(plans)  # multi-agent games, played from here
         self.game_of = {g: name for name, episodes in self.games.items() for g in episodes.agents.values()}
         self.actors = {p.name: self._spawn(p) for p in plans}
 
@@ -116,16 +116,16 @@ class Population:
         solo = [g for g in groups if g not in self.game_of]
         games = {self.game_of[g] for g in groups if g in self.game_of}
         # 1. start: rows and first requests (a game's agents get the game's rows, and their turns from it)
-        if evaluation:
-            refs = {g: self.actors[g].begin_eval.remote(evaluation["n"], evaluation["temperature"], evaluation["samples"])
-                    for g in solo}
-        else:
-            refs = {g: self.actors[g].begin.remote(step) for g in solo}
+        def start(g: str, rows: list[dict] | None = None):
+            actor = self.actors[g]
+            if evaluation:
+                return actor.begin_eval.remote(evaluation["n"], evaluation["temperature"], evaluation["samples"], rows=rows)
+            return actor.begin.remote(step, rows=rows)
+
+        refs = {g: start(g) for g in solo}
         for name in sorted(games):
-            game, rows = self._game_rows(name, step, evaluation)
-            for g in game.agents.values():
-                refs[g] = (self.actors[g].begin_eval.remote(len(rows), evaluation["temperature"], evaluation["samples"], rows=rows)
-                           if evaluation else self.actors[g].begin.remote(step, rows=rows))
+            rows = self._reset_game(name, step, evaluation)
+            refs.update({g: start(g, rows) for g in self.games[name].agents.values()})
         started, failed = self._gather(refs)
         pending = {g: r for g, r in started.items() if r is not None}
         # 2. rounds of turns: one generate call each, until every episode is over
@@ -167,16 +167,13 @@ class Population:
         outs, errors = self._gather(refs)
         return outs, {**failed, **errors}
 
-    def _game_rows(self, name: str, step: int, evaluation: dict | None):
-        """A game's rows for ``step`` (or its held-out rows), with its episodes reset."""
+    def _reset_game(self, name: str, step: int, evaluation: dict | None) -> list[dict]:
+        """Reset a game's episodes for ``step`` (or its held-out evaluation); returns its rows."""
         episodes = self.games[name]
-        spec = self.game_specs[name]
         if evaluation:
             n = 1 if evaluation["temperature"] == 0 else evaluation["samples"]
-            rows = episodes.reset(episodes.game.eval_rows(evaluation["n"]), n)
-        else:
-            rows = episodes.reset(episodes.game.batch(step, spec["prompts_per_step"]), spec["group_size"])
-        return episodes, rows
+            return episodes.reset(episodes.game.eval_rows(evaluation["n"]), n)
+        return episodes.reset(episodes.game.batch(step, self.game_prompts[name]))
 
     def _gather(self, refs: dict) -> tuple[dict, dict]:
         """Results by group, and the errors of groups whose actor died or raised."""

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BUILD_VERSION = 1  # bump when the recipe changes: old cache entries are then ignored
 SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
@@ -46,9 +46,16 @@ def settings_key(settings: dict[str, Any]) -> str:
 
 def ensure_tiny_model(settings: dict[str, Any], log=print) -> Path:
     """Return the directory of the tiny model for ``settings`` (a ``TinyModelConfig`` dump), building it if needed."""
+    return build_cached(f"tiny-{settings_key(settings)}", lambda out: build_tiny_model(out, **settings),
+                        "builtin:tiny", log)
+
+
+def build_cached(name: str, build: Callable[[Path], None], label: str, log=print) -> Path:
+    """``cache_root() / name``, built by ``build(tmp_dir)`` on first use: under a file lock, into a
+    temporary directory renamed into place, so concurrent builders never see half a model."""
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"tiny-{settings_key(settings)}"
+    target = root / name
     if (target / "config.json").is_file():
         return target
     with open(root / f"{target.name}.lock", "w") as lock:
@@ -58,10 +65,10 @@ def ensure_tiny_model(settings: dict[str, Any], log=print) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=root))
         try:
             t0 = time.time()
-            log(f"building builtin:tiny (one-off, cached in {target}) ...")
-            build_tiny_model(tmp, **settings)
+            log(f"building {label} (one-off, cached in {target}) ...")
+            build(tmp)
             os.replace(tmp, target)
-            log(f"built builtin:tiny in {time.time() - t0:.0f}s")
+            log(f"built {label} in {time.time() - t0:.0f}s")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -74,7 +74,8 @@ class GameEpisodes:
         missing = set(game.roles) - set(agents)
         if missing:
             raise ValueError(f"game {type(game).__name__}: no group plays role(s) {sorted(missing)}")
-        self.game, self.agents, self.n = game, agents, group_size
+        self.game, self.agents, self.group_size = game, agents, group_size
+        self.n = group_size  # episodes per row of the current reset
         self.role_of = {g: r for r, g in agents.items()}
         self.states: list[dict] = []
         self.turns: list[int] = []
@@ -82,7 +83,7 @@ class GameEpisodes:
 
     def reset(self, rows: list[dict], n: int | None = None) -> list[dict]:
         """Start ``n`` (default ``group_size``) episodes per row; returns the rows."""
-        self.n = n or self.n
+        self.n = n or self.group_size
         self.states = [self.game.reset(row) for row in rows for _ in range(self.n)]
         self.turns = [0] * len(self.states)
         self.seen = [set() for _ in self.states]
