@@ -8,46 +8,22 @@ output tokens/s of each way and their ratio. Uses builtin:tiny (built on first u
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+from common import batch_args, task_requests, tiny_service
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--groups", type=int, default=3)
-    ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = batch_args(__doc__.splitlines()[0], groups=3)
 
     import torch
-    from peft import get_peft_model, get_peft_model_state_dict
 
-    from engine.config import TinyModelConfig
-    from engine.models import load_base, peft_lora_config
-    from engine.rollout.hf import HFRollout
-    from engine.rollout.types import RolloutRequest
-    from engine.tiny_model import ensure_tiny_model
     from envs.arithmetic import ArithmeticEnv
 
-    path = str(ensure_tiny_model(TinyModelConfig().model_dump()))
-    lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
-    names = [f"group{i}" for i in range(args.groups)]
-    svc = HFRollout(path, {n: lora for n in names})
-    for i, n in enumerate(names):
-        torch.manual_seed(i)
-        m = get_peft_model(load_base(path), peft_lora_config(**lora))
-        svc.publish(n, 0, {k: v + 0.02 * torch.randn_like(v) for k, v in get_peft_model_state_dict(m).items()})
-    tok = svc.tokenizer
-    requests = []
-    for i, n in enumerate(names):
-        rows = ArithmeticEnv(seed=i, difficulty=1 + i % 4).batch(0, args.prompts)
-        ids = [tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
-                   add_special_tokens=False)["input_ids"] for r in rows]
-        # min_new_tokens is not in the request: force equal work by timing tokens actually produced
-        requests.append(RolloutRequest(n, ids, args.group_size, args.tokens, seed=i))
+    _, svc, names = tiny_service(args.groups)
+    # min_new_tokens is not in the request: force equal work by timing tokens actually produced
+    requests = task_requests(svc, names, lambda i: ArithmeticEnv(seed=i, difficulty=1 + i % 4), args)
 
     def timed(fn):
         t0 = time.perf_counter()

@@ -193,8 +193,10 @@ class TinyModelConfig(_Strict):
     hidden_size: int = Field(128, ge=16, description="Hidden size.")
     num_layers: int = Field(4, ge=1, description="Decoder layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
-    sft_steps: int = Field(300, ge=0, description="Steps of the supervised format phase on the built-in task.")
-    sft_lr: float = Field(3e-3, gt=0, description="Learning rate of the format phase.")
+    copy_steps: int = Field(500, ge=0, description="Steps of the copy phase (plain-text repeat / key-value recall, 32 rows a step) that gives the model in-context copying; fewer than ~450 and the copy heads may not form.")
+    sft_steps: int = Field(300, ge=0, description="Steps of the supervised format phase on the built-in task (16 rows a step).")
+    copy_lr: float = Field(5e-4, gt=0, description="Learning rate of the copy phase (at 1e-3 or more the copy heads form late or not at all).")
+    sft_lr: float = Field(1e-3, gt=0, description="Learning rate of the format phase (at 1.5e-3 or more it can undo the copy heads).")
     strict_fraction: float = Field(0.35, ge=0, le=1, description="Share of format-phase targets in the exact answer format (the rest use looser variants), so GRPO has something to learn.")
     seed: int = Field(0, description="Seed of the weights and the format-phase data.")
 

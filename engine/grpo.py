@@ -60,13 +60,39 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     """Log-probs of the completion tokens. ``input_ids`` is [B, P+L] (prompts left-padded to P).
 
     Positions come from the attention mask, as in ``generate``, so left padding does not shift them.
-    Returns [B, L].
+    Rows with the same prompt (a GRPO group's ``group_size`` samples) share one forward pass of it:
+    its KV cache is computed once and gathered to each row, so gradients through the prompt add up
+    exactly as in a full forward of every row. Returns [B, L].
     """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, P+L]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, prompt_len - 1 : -1, :].float() / temperature  # [B, L, V]: logits that predict each completion token
+    first, rows = distinct_rows(input_ids[:, :prompt_len])  # [U], [B]
+    if prompt_len > 1 and len(first) < len(rows):
+        head = prompt_len - 1  # the prompt but its last token, once per distinct prompt: [U, P-1]
+        cache = model(input_ids=input_ids[first, :head], attention_mask=attention_mask[first, :head],
+                      position_ids=position_ids[first, :head], use_cache=True).past_key_values
+        cache.batch_select_indices(rows)  # [U, ...] -> [B, ...]
+        logits = model(input_ids=input_ids[:, head:], attention_mask=attention_mask, position_ids=position_ids[:, head:],
+                       past_key_values=cache, use_cache=True).logits[:, :-1, :]  # [B, L, V]
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        logits = logits[:, prompt_len - 1 : -1, :]  # [B, L, V]: logits that predict each completion token
     targets = input_ids[:, prompt_len:]  # [B, L]
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The index of the first occurrence of each distinct row of ``x`` [B, P], and each row's distinct index.
+
+    >>> first, rows = distinct_rows(torch.tensor([[1, 2], [1, 2], [3, 4], [1, 2]]))
+    >>> first.tolist(), rows.tolist()
+    ([0, 2], [0, 0, 1, 0])
+    """
+    seen: dict[tuple, int] = {}
+    rows = [seen.setdefault(tuple(r), len(seen)) for r in x.tolist()]
+    first = [0] * len(seen)
+    for i, r in reversed(list(enumerate(rows))):
+        first[r] = i
+    return torch.tensor(first, device=x.device), torch.tensor(rows, device=x.device)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

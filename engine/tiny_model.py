@@ -4,10 +4,16 @@ Build (once per settings, cached on disk):
   1. a byte-level BPE tokenizer with no merges (every UTF-8 byte is a token, so any text works,
      Vietnamese included) plus ChatML special tokens and a chat template;
   2. a randomly initialised ``LlamaForCausalLM`` of the configured size;
-  3. a short supervised "format phase" on the built-in arithmetic task, the pre-SFT step that GRPO
-     recipes for base models use. Only ``strict_fraction`` of the targets use the exact answer
-     format; the rest use looser variants (no reasoning tags, no answer tags, plain prose), so the
-     model starts out following the format part of the time and GRPO has something to learn.
+  3. a "copy phase" on plain text (repeat a sequence, recall a key's value), so the model forms
+     the in-context copy heads that a real pre-trained model has: without them its answers never
+     depend on its prompt and GRPO has nothing input-dependent to reinforce;
+  4. a short supervised "format phase" on the built-in arithmetic task (plus chat-form recall rows),
+     the pre-SFT step that GRPO recipes for base models use. Only ``strict_fraction`` of the
+     arithmetic targets use the exact answer format; the rest use looser variants (no reasoning
+     tags, no answer tags, plain prose), so the model starts out following the format part of the
+     time and GRPO has something to learn.
+
+Data of both phases: engine/tiny_corpus.py.
 
 The result is an ordinary Hugging Face directory (``AutoModelForCausalLM`` / ``AutoTokenizer``).
 Cache: ``$LORAPOP_CACHE`` or ``~/.cache/lorapop``, one directory per settings hash, written whole
@@ -27,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-BUILD_VERSION = 1  # bump when the recipe changes: old cache entries are then ignored
+BUILD_VERSION = 2  # bump when the recipe changes: old cache entries are then ignored
 SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -110,23 +116,38 @@ def build_tokenizer():
     return fast
 
 
-def _format_variants(env, row: dict) -> list[str]:
-    """The exact answer format first, then looser variants a half-trained model would produce."""
-    r, a = row["reasoning"], row["answer"]
-    return [
-        env.solution_text(row),
-        f"{env.solution_start}{a}{env.solution_end}",
-        f"{env.reasoning_start}{r}{env.reasoning_end} {a}",
-        f"{r}. The answer is {a}.",
-    ]
+def _train_phase(model, batches, steps: int, lr: float, decay: bool) -> None:
+    """AdamW over ``steps`` batches of ``(prompt_ids, target_ids)`` pairs; loss on the targets only.
+    20 warm-up steps, then constant (``decay=False``) or linear decay to 10% of ``lr``."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    shape = (lambda s: max(0.1, 1 - s / max(steps, 1))) if decay else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * shape(s))
+    pad = model.config.pad_token_id
+    model.train()
+    for step in range(steps):
+        pairs = batches(step)
+        seqs = [p + t for p, t in pairs]
+        width = max(len(x) for x in seqs)
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs])  # [B, L]
+        labels = torch.tensor([[-100] * len(p) + t + [-100] * (width - len(p) - len(t)) for p, t in pairs])
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in seqs])[:, None]).long()
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
 
 
-def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: int, sft_steps: int,
-                     sft_lr: float, strict_fraction: float, seed: int) -> None:
-    """Build, format-train and save the tiny model into ``out``."""
+def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: int, copy_steps: int, copy_lr: float,
+                     sft_steps: int, sft_lr: float, strict_fraction: float, seed: int) -> None:
+    """Build, pre-train (copy phase, then format phase; see engine/tiny_corpus.py) and save into ``out``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from engine import tiny_corpus as corpus
     from engine.models import quiet_libraries
     from envs.arithmetic import ArithmeticEnv
 
@@ -140,33 +161,38 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(config)
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def chat(messages: list[dict]) -> list[int]:
+        return ids(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+    # Phase 1, copy: plain text, every target token a copy from the prompt (32 rows a step).
+    copy_rng = random.Random(f"tiny-copy:{seed}")
+
+    def copy_batch(step: int) -> list[tuple[list[int], list[int]]]:
+        rows = [corpus.copy_example(copy_rng) for _ in range(32)]
+        return [(ids(prompt + "\n"), ids(target) + [tok.eos_token_id]) for prompt, target in rows]
+
+    _train_phase(model, copy_batch, copy_steps, copy_lr, decay=False)
+
+    # Phase 2, format: 2 arithmetic rows per difficulty + 8 recall rows a step, chat template.
     envs = [ArithmeticEnv(seed=seed + 7919 * d, difficulty=d) for d in (1, 2, 3, 4)]
+    tags = {"reasoning_start": envs[0].reasoning_start, "reasoning_end": envs[0].reasoning_end,
+            "solution_start": envs[0].solution_start, "solution_end": envs[0].solution_end}
     pick = random.Random(f"tiny-sft:{seed}")
-    opt = torch.optim.AdamW(model.parameters(), lr=sft_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / max(sft_steps, 1)))
-    batch_size = 16
-    model.train()
-    for step in range(sft_steps):
-        ids, labels = [], []
-        for env in envs:
-            for row in env.batch(step, batch_size // len(envs)):
-                variants = _format_variants(env, row)
-                target = variants[0] if pick.random() < strict_fraction else pick.choice(variants[1:])
-                p = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-                p_ids = tok(p, add_special_tokens=False)["input_ids"]
-                t_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                ids.append(p_ids + t_ids)
-                labels.append([-100] * len(p_ids) + t_ids)
-        width = max(len(x) for x in ids)
-        input_ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids])
-        label_t = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
-        mask = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in ids])[:, None]).long()
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=label_t).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+    recall_rng = random.Random(f"tiny-recall:{seed}")
+
+    def format_batch(step: int) -> list[tuple[list[int], list[int]]]:
+        rows = [(row, corpus.arithmetic_targets(row, tags), strict_fraction) for env in envs for row in env.batch(step, 2)]
+        for _ in range(8):
+            row = corpus.recall_row(recall_rng, tags["solution_start"], tags["solution_end"])
+            rows.append((row, corpus.recall_targets(row, tags), corpus.RECALL_STRICT_FRACTION))
+        return [(chat(row["prompt"]), ids(corpus.pick_target(pick, variants, strict)) + [tok.eos_token_id])
+                for row, variants, strict in rows]
+
+    _train_phase(model, format_batch, sft_steps, sft_lr, decay=True)
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id

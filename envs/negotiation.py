@@ -1,9 +1,11 @@
 """Competitive split-the-pot negotiation: two agents share a pot of coins.
 
 Players alternate, ``first`` opening. A turn is an offer, ``<answer>k</answer>`` = "I keep k"
-(0 <= k <= pot), or ``<answer>accept</answer>`` to take the other's last offer. A deal gives each
-player its share of the pot as reward; no deal within ``max_turns`` turns gives both 0. A reply that
-is neither is a wasted turn.
+(0 <= k <= pot), or ``<answer>accept</answer>`` to take the other's last offer. An offer that asks
+for no more than the other's standing offer leaves closes the deal on that standing offer, as an
+accept does (so a player who only ever names numbers can still agree: the demand-game reading of
+an offer). A deal gives each player its share of the pot as reward; no deal within ``max_turns``
+turns gives both 0. A reply that is neither is a wasted turn.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ class NegotiationGame(Game):
             news = "The other player's reply was not an offer."
         if not first:
             return news
-        system = (f"Split {pot} coins with the other player. Reply {self.start}k{self.end} to keep k coins, "
-                  f"or {self.start}accept{self.end} to take the last offer.")
+        system = (f"Split {pot} coins with the other player. Reply {self.start}k{self.end} to keep k coins. "
+                  f"Asking no more than you are left, or {self.start}accept{self.end}, takes the last offer.")
         return make_prompt(news, system)
 
     def act(self, state: dict, role: str, reply: str) -> None:
@@ -65,6 +67,9 @@ class NegotiationGame(Game):
             return
         keep = parse_number(said)
         if keep is not None and keep == int(keep) and 0 <= keep <= state["pot"]:
+            if offer is not None and offer[0] == self._other(role) and keep <= state["pot"] - offer[1]:
+                state["deal"] = {offer[0]: offer[1], role: state["pot"] - offer[1]}  # asks no more than offered
+                return
             state["offer"], state["last"] = (role, int(keep)), "offer"
         else:
             state["offer"], state["last"] = None, "invalid"

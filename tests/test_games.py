@@ -68,6 +68,20 @@ def test_negotiation_deal_splits_the_pot_and_no_deal_gives_nothing():
     assert episodes.rewards() == {"a": [0.0], "b": [0.0]}
 
 
+def test_negotiation_an_offer_within_the_standing_one_closes_the_deal_on_it():
+    game = NegotiationGame(min_pot=10, max_pot=10, max_turns=4)
+    state = game.reset({"pot": 10})
+    game.act(state, "first", "<answer>6</answer>")   # leaves 4
+    game.act(state, "second", "<answer>5</answer>")  # asks more than left: a counter-offer
+    assert state["deal"] is None and state["offer"] == ("second", 5)
+    game.act(state, "first", "<answer>3</answer>")   # asks less than the 5 left: takes the 5
+    assert game.to_move(state) is None and game.rewards(state) == {"first": 0.5, "second": 0.5}
+    state = game.reset({"pot": 10})
+    game.act(state, "first", "<answer>8</answer>")
+    game.act(state, "second", "<answer>2</answer>")  # exactly what was left
+    assert game.rewards(state) == {"first": 0.8, "second": 0.2} and game.success(state) == 1.0
+
+
 def test_negotiation_rejects_offers_outside_the_pot():
     game = NegotiationGame(min_pot=5, max_pot=5)
     state = game.reset({"pot": 5})

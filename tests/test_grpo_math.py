@@ -100,6 +100,39 @@ def test_completion_logprobs_ignores_left_padding():
     assert alone[0].tolist() == pytest.approx(by_hand, abs=1e-5)
 
 
+def test_rows_sharing_a_prompt_share_its_forward_with_the_same_logprobs_and_gradients(monkeypatch):
+    """A GRPO group's samples share one prompt forward (KV cache gathered per row); values and LoRA
+    gradients equal a full forward of every row, left padding and an unshared row included."""
+    import engine.grpo as grpo
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    prompts = torch.randint(1, 40, (3, 7))
+    ids = torch.cat([prompts.repeat_interleave(4, 0), torch.randint(1, 40, (12, 5))], 1)  # [12, 7+5]
+    attn = torch.ones_like(ids)
+    ids[4:8, :2], attn[4:8, :2] = 0, 0  # the second prompt is left-padded
+    ids[11, :7] = torch.randint(1, 40, (7,))  # one row with a prompt of its own
+    assert grpo.distinct_rows(ids[:, :7])[0].tolist() == [0, 4, 8, 11]
+
+    def run():
+        model.zero_grad()
+        logp = completion_logprobs(model, ids, attn, 7, 0.7)  # [12, 5]
+        (logp * torch.linspace(-1, 1, 5)).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shared, shared_grads = run()
+    monkeypatch.setattr(grpo, "distinct_rows", lambda x: (torch.arange(len(x)), torch.arange(len(x))))
+    full, full_grads = run()  # every row its own prompt: one plain forward
+    assert torch.allclose(shared, full, atol=1e-5)
+    assert shared_grads.keys() == full_grads.keys() and len(full_grads) > 0
+    for name, g in full_grads.items():
+        assert torch.allclose(shared_grads[name], g, atol=1e-5, rtol=1e-4), name
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
 def test_aggregation_weights_let_micro_batches_add_up_to_the_full_loss(loss_type):
     from engine.grpo import aggregation_weights

@@ -57,6 +57,20 @@ def test_shapes_seeds_and_finish_reasons(service):
     assert r3.completion_ids != r1.completion_ids
 
 
+def test_prompts_prefilled_once_give_what_every_row_prefilled_gives(service, monkeypatch):
+    """Each distinct prompt is prefilled once and its cache copied to its samples: the completions and
+    log-probs are those of generating every row from its whole prompt."""
+    reqs = [RolloutRequest("a", prompts(service), n=3, max_new_tokens=10, greedy=True),
+            RolloutRequest("b", prompts(service, 2), n=2, max_new_tokens=10, greedy=True)]
+    shared = service.generate(reqs)
+    monkeypatch.setattr(HFRollout, "_prefill", lambda self, *args: None)  # generate prefills every row itself
+    full = service.generate(reqs)
+    for s, f in zip(shared, full):
+        assert s.completion_ids == f.completion_ids
+        for a, b in zip(s.logprobs, f.logprobs):
+            assert a == pytest.approx(b, abs=1e-4)
+
+
 def test_each_row_uses_its_own_groups_adapter(service):
     ps = prompts(service)
     mixed = service.generate([RolloutRequest("a", ps, 1, 16, greedy=True), RolloutRequest("b", ps, 1, 16, greedy=True)])

@@ -6,7 +6,7 @@ import torch
 
 from engine.tiny_model import build_tokenizer, ensure_tiny_model, settings_key
 
-SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "sft_steps": 3, "sft_lr": 1e-3,
+SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "copy_steps": 2, "copy_lr": 1e-3, "sft_steps": 3, "sft_lr": 1e-3,
          "strict_fraction": 0.35, "seed": 0}
 
 

@@ -86,29 +86,47 @@ class HFRollout:
         return results  # type: ignore[return-value]
 
     def _generate_rows(self, batch: list[RolloutRequest]) -> list[tuple[list[int], list[float], str]]:
-        """One ``generate`` over every request's prompts (each repeated ``n`` times, prompt-major)."""
+        """One ``generate`` over every request's prompts (each repeated ``n`` times, prompt-major).
+
+        Each distinct prompt is prefilled once and its KV cache copied to its ``n`` samples, so a step
+        with ``group_size`` 8 computes its prompts once, not eight times (``generate`` then starts from
+        the last prompt token of every row)."""
         import torch
 
         first = batch[0]
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        prompts = [p for r in batch for p in r.prompt_ids for _ in range(r.n)]  # [B]
-        adapter_names = [self.slot[r.group] for r in batch for _ in range(len(r.prompt_ids) * r.n)]  # [B]
+        prompts = [p for r in batch for p in r.prompt_ids]  # [U] distinct prompts
+        names = [self.slot[r.group] for r in batch for _ in r.prompt_ids]  # [U]
+        rows = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor([r.n for r in batch for _ in r.prompt_ids]))  # [B]
         width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # [B, P] left-padded
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # [B, P]
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # [U, P] left-padded
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # [U, P]
+        cache = self._prefill(input_ids[:, :-1], attention_mask[:, :-1], names) if width > 1 else None
+        if cache is not None:
+            cache.batch_select_indices(rows)  # [U, ...] -> [B, ...]
         sampling = {"do_sample": False} if first.greedy else {
             "do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=first.max_new_tokens,
-                pad_token_id=pad, eos_token_id=eos, output_logits=True, return_dict_in_generate=True,
-                adapter_names=adapter_names, **sampling)
+                input_ids=input_ids[rows], attention_mask=attention_mask[rows], past_key_values=cache,
+                max_new_tokens=first.max_new_tokens, pad_token_id=pad, eos_token_id=eos, output_logits=True,
+                return_dict_in_generate=True, adapter_names=[names[i] for i in rows.tolist()], **sampling)
         new = out.sequences[:, width:]  # [B, T]
         temperature = 1.0 if first.greedy else first.temperature
         logits = torch.stack(out.logits, dim=1).float() / temperature  # [B, T, V]
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # [B, T]
-        rows = []
+        results = []
         for ids, lp in zip(new.tolist(), logprobs.tolist()):
             end = ids.index(eos) + 1 if eos in ids else len(ids)
-            rows.append((ids[:end], lp[:end], "stop" if eos in ids else "length"))
-        return rows
+            results.append((ids[:end], lp[:end], "stop" if eos in ids else "length"))
+        return results
+
+    def _prefill(self, input_ids, attention_mask, adapter_names: list[str]):
+        """The KV cache of left-padded ``input_ids`` [U, P-1], each row through its own adapter."""
+        import torch
+
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+        with torch.no_grad():
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=True, adapter_names=adapter_names)
+        return out.past_key_values
