@@ -33,15 +33,14 @@ def main() -> None:
     requests = task_requests(svc, names, lambda i: MedicalEnv(seed=i), args)
 
     @contextmanager
-    def unshared():
-        """Sharing off: no separate prefill in the rollout, every row its own prompt in the trainer."""
-        prefill, distinct = HFRollout._prefill, grpo.distinct_rows
+    def unshared_prefill():
+        """No separate prefill: generate prefills every row from its whole prompt."""
+        prefill = HFRollout._prefill
         HFRollout._prefill = lambda self, *a: None
-        grpo.distinct_rows = lambda x: (torch.arange(len(x)), torch.arange(len(x)))
         try:
             yield
         finally:
-            HFRollout._prefill, grpo.distinct_rows = prefill, distinct
+            HFRollout._prefill = prefill
 
     # a trainer batch shaped like one group's step: its prompts x group_size samples of one result
     result = svc.generate(requests[:1])[0]
@@ -55,9 +54,9 @@ def main() -> None:
     trainer = get_peft_model(load_base(path), peft_lora_config(**LORA))
     trainer.train()
 
-    def train_step():
+    def train_step(share: bool):
         trainer.zero_grad()
-        grpo.completion_logprobs(trainer, input_ids, attention_mask, width, 1.0).sum().backward()
+        grpo.completion_logprobs(trainer, input_ids, attention_mask, width, 1.0, share_prompt=share).sum().backward()
 
     def seconds(fn) -> float:
         t0 = time.perf_counter()
@@ -67,13 +66,13 @@ def main() -> None:
     rollout = {"shared": [], "full": []}
     train = {"shared": [], "full": []}
     svc.generate(requests)
-    train_step()  # warm-up
+    train_step(True)  # warm-up
     for _ in range(args.repeats):  # interleaved, so drift hits both alike
         rollout["shared"].append(seconds(lambda: svc.generate(requests)))
-        train["shared"].append(seconds(train_step))
-        with unshared():
+        train["shared"].append(seconds(lambda: train_step(True)))
+        with unshared_prefill():
             rollout["full"].append(seconds(lambda: svc.generate(requests)))
-            train["full"].append(seconds(train_step))
+        train["full"].append(seconds(lambda: train_step(False)))
     med = {k: {s: statistics.median(v[s]) for s in v} for k, v in (("rollout", rollout), ("train", train))}
     print(f"{args.groups} groups x {args.prompts} prompts x {args.group_size} samples, <= {args.tokens} new tokens; "
           f"prompts {min(len(p) for r in requests for p in r.prompt_ids)}-{width} tokens; "

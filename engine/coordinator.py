@@ -88,12 +88,14 @@ def resolve_backend(backend: str) -> str:
 
 
 def resolve_training(training: dict) -> dict:
-    """Trainer device and dtype with ``auto`` resolved: cuda + bfloat16 where CUDA is available."""
+    """Trainer device, dtype and prompt sharing with ``auto`` resolved: cuda + bfloat16 where CUDA is
+    available; prompts shared on the cpu."""
     import torch
 
     device = training["device"] if training["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = training["dtype"] if training["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    return {**training, "device": device, "dtype": dtype}
+    share = device == "cpu" if training["share_prompts"] == "auto" else bool(training["share_prompts"])
+    return {**training, "device": device, "dtype": dtype, "share_prompts": share}
 
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}

@@ -56,28 +56,37 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str)
 # --- step 5: per-token log-probs and the loss ----------------------------------------------------
 
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                        temperature: float) -> torch.Tensor:
+                        temperature: float, share_prompt: bool = True) -> torch.Tensor:
     """Log-probs of the completion tokens. ``input_ids`` is [B, P+L] (prompts left-padded to P).
 
     Positions come from the attention mask, as in ``generate``, so left padding does not shift them.
-    Rows with the same prompt (a GRPO group's ``group_size`` samples) share one forward pass of it:
-    its KV cache is computed once and gathered to each row, so gradients through the prompt add up
-    exactly as in a full forward of every row. Returns [B, L].
+    With ``share_prompt``, rows with the same prompt (a GRPO group's ``group_size`` samples) share one
+    forward pass of it: its KV cache is computed once and gathered to each row, so gradients through
+    the prompt add up exactly as in a full forward of every row (3.4x faster on the CPU; on a GPU the
+    extra forward's launches can cost more than the FLOPs saved: see ``training.share_prompts``).
+    Returns [B, L].
     """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, P+L]
-    first, rows = distinct_rows(input_ids[:, :prompt_len])  # [U], [B]
-    if prompt_len > 1 and len(first) < len(rows):
-        head = prompt_len - 1  # the prompt but its last token, once per distinct prompt: [U, P-1]
-        cache = model(input_ids=input_ids[first, :head], attention_mask=attention_mask[first, :head],
-                      position_ids=position_ids[first, :head], use_cache=True).past_key_values
-        cache.batch_select_indices(rows)  # [U, ...] -> [B, ...]
-        logits = model(input_ids=input_ids[:, head:], attention_mask=attention_mask, position_ids=position_ids[:, head:],
-                       past_key_values=cache, use_cache=True).logits[:, :-1, :]  # [B, L, V]
-    else:
+    logits = _shared_prompt_logits(model, input_ids, attention_mask, position_ids, prompt_len) if share_prompt else None
+    if logits is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         logits = logits[:, prompt_len - 1 : -1, :]  # [B, L, V]: logits that predict each completion token
     targets = input_ids[:, prompt_len:]  # [B, L]
     return torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _shared_prompt_logits(model, input_ids, attention_mask, position_ids, prompt_len: int) -> torch.Tensor | None:
+    """[B, L, V] logits of the completion positions with each distinct prompt computed once; None when
+    no two rows share a prompt."""
+    first, rows = distinct_rows(input_ids[:, :prompt_len])  # [U], [B]
+    if prompt_len < 2 or len(first) == len(rows):
+        return None
+    head = prompt_len - 1  # each distinct prompt but its last token: [U, P-1]
+    cache = model(input_ids=input_ids[first, :head], attention_mask=attention_mask[first, :head],
+                  position_ids=position_ids[first, :head], use_cache=True).past_key_values
+    cache.batch_select_indices(rows)  # [U, ...] -> [B, ...]
+    return model(input_ids=input_ids[:, head:], attention_mask=attention_mask, position_ids=position_ids[:, head:],
+                 past_key_values=cache, use_cache=True).logits[:, :-1, :]  # [B, L, V]
 
 
 def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ class Population:
 
         self.plans = {p.name: p for p in plans}
         self.model_path, self.run_dir, self.max_restarts, self.log = model_path, Path(run_dir), max_restarts, log
-        self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus_per_group": 0.0}
+        self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus_per_group": 0.0, "share_prompts": True}
         self.threads = default_threads(len(plans))
         self.restarts = {p.name: 0 for p in plans}
         self.failed: list[str] = []
@@ -68,7 +68,8 @@ class Population:
         gpus = self.training["num_gpus_per_group"] if self.training["device"] == "cuda" else 0
         return ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=0)(GroupActor).options(
             name=actor_name(self.run_dir, plan.name) + (f"#{k}" if k else ""), namespace="lorapop",
-        ).remote(plan, self.model_path, self.rollout, self.threads, self.training["device"], self.training["dtype"])
+        ).remote(plan, self.model_path, self.rollout, self.threads, self.training["device"], self.training["dtype"],
+                 self.training["share_prompts"])
 
     @property
     def live(self) -> list[str]:

@@ -40,8 +40,9 @@ class GroupActor:
     """Used as ``ray.remote(GroupActor)``; also works as a plain object (tests, debugging)."""
 
     def __init__(self, plan: GroupPlan, model_path: str, rollout: Any, num_threads: int = 1, device: str = "cpu",
-                 dtype: str = "float32"):
-        """``device``/``dtype``: where the frozen base lives for training (LoRA weights stay float32)."""
+                 dtype: str = "float32", share_prompts: bool = True):
+        """``device``/``dtype``: where the frozen base lives for training (LoRA weights stay float32);
+        ``share_prompts``: one forward of a prompt for all the samples that share it."""
         import torch
         from peft import get_peft_model
 
@@ -60,7 +61,7 @@ class GroupActor:
         self.is_formatted = load_reward("format_exact", defaults=plan.tags)
         self.tokenizer = load_tokenizer(model_path)
         torch.manual_seed(plan.seed)  # LoRA A init; B starts at zero, so version 0 == the base
-        self.device = device
+        self.device, self.share_prompts = device, share_prompts
         self.model = get_peft_model(load_base(model_path, dtype, device), peft_lora_config(**plan.lora))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.hp["lr"], betas=tuple(self.hp["adam_betas"]),
@@ -266,7 +267,7 @@ class GroupActor:
 
         def logprobs(sl: slice):  # [b, L]
             return completion_logprobs(self.model, batch["input_ids"][sl], batch["attention_mask"][sl], batch["P"],
-                                       hp["temperature"])
+                                       hp["temperature"], share_prompt=self.share_prompts)
 
         ref_logp = is_weights = None
         old = batch["old_logp"]

@@ -89,3 +89,14 @@ def test_every_shipped_config_validates():
 def test_explicit_cohort_groups_specs_together(tmp_path):
     cfg, d = load_config(write(tmp_path, "groups:\n  - {name: a, num_groups: 2, cohort: c}\n  - {name: b, cohort: c}\n  - {name: z}\n"))
     assert [(p.name, p.cohort) for p in group_plans(cfg, d)] == [("a-0", "c"), ("a-1", "c"), ("b", "c"), ("z", "z")]
+
+
+@pytest.mark.parametrize("device, share, expected", [("cpu", "auto", True), ("cuda", "auto", False),
+                                                     ("cuda", "true", True), ("cpu", "false", False)])
+def test_trainer_shares_prompts_on_the_cpu_unless_told(tmp_path, device, share, expected):
+    from engine.coordinator import resolve_training
+
+    cfg, _ = load_config(write(tmp_path, BASE), [f"training.device={device}", f"training.share_prompts={share}"])
+    resolved = resolve_training(cfg.training.model_dump())
+    assert resolved["device"] == device and resolved["share_prompts"] is expected
+    assert resolved["dtype"] == ("bfloat16" if device == "cuda" else "float32")

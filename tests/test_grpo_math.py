@@ -100,7 +100,7 @@ def test_completion_logprobs_ignores_left_padding():
     assert alone[0].tolist() == pytest.approx(by_hand, abs=1e-5)
 
 
-def test_rows_sharing_a_prompt_share_its_forward_with_the_same_logprobs_and_gradients(monkeypatch):
+def test_rows_sharing_a_prompt_share_its_forward_with_the_same_logprobs_and_gradients():
     """A GRPO group's samples share one prompt forward (KV cache gathered per row); values and LoRA
     gradients equal a full forward of every row, left padding and an unshared row included."""
     import engine.grpo as grpo
@@ -118,15 +118,14 @@ def test_rows_sharing_a_prompt_share_its_forward_with_the_same_logprobs_and_grad
     ids[11, :7] = torch.randint(1, 40, (7,))  # one row with a prompt of its own
     assert grpo.distinct_rows(ids[:, :7])[0].tolist() == [0, 4, 8, 11]
 
-    def run():
+    def run(share: bool):
         model.zero_grad()
-        logp = completion_logprobs(model, ids, attn, 7, 0.7)  # [12, 5]
+        logp = completion_logprobs(model, ids, attn, 7, 0.7, share_prompt=share)  # [12, 5]
         (logp * torch.linspace(-1, 1, 5)).sum().backward()
         return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    shared, shared_grads = run()
-    monkeypatch.setattr(grpo, "distinct_rows", lambda x: (torch.arange(len(x)), torch.arange(len(x))))
-    full, full_grads = run()  # every row its own prompt: one plain forward
+    shared, shared_grads = run(True)
+    full, full_grads = run(False)  # every row its own prompt: one plain forward
     assert torch.allclose(shared, full, atol=1e-5)
     assert shared_grads.keys() == full_grads.keys() and len(full_grads) > 0
     for name, g in full_grads.items():
