@@ -35,7 +35,7 @@ class GRPOConfig(_Strict):
     max_completion_length: int = Field(64, ge=1, description="Most new tokens per completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts (also applied to the trainer's logits).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
-    lr: float = Field(5e-5, ge=0, description="AdamW learning rate of the LoRA parameters (LoRA GRPO on real models: ~1e-5..2e-4; builtin:tiny: 3e-3).")
+    lr: float = Field(5e-5, ge=0, description="AdamW learning rate of the LoRA parameters (LoRA GRPO on real models: ~1e-5..2e-4; builtin:tiny: 1e-3..3e-3).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
