@@ -78,8 +78,10 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
 def _shared_prompt_logits(model, input_ids, attention_mask, position_ids, prompt_len: int) -> torch.Tensor | None:
     """[B, L, V] logits of the completion positions with each distinct prompt computed once; None when
     no two rows share a prompt."""
+    if prompt_len < 2:
+        return None
     first, rows = distinct_rows(input_ids[:, :prompt_len])  # [U], [B]
-    if prompt_len < 2 or len(first) == len(rows):
+    if len(first) == len(rows):
         return None
     head = prompt_len - 1  # each distinct prompt but its last token: [U, P-1]
     cache = model(input_ids=input_ids[first, :head], attention_mask=attention_mask[first, :head],

@@ -7,11 +7,11 @@ Two phases, each a stream of ``(prompt, target)`` pairs drawn from a seeded ``ra
    prompt, the dense signal that makes a small transformer form induction (copy-by-content) heads
    quickly. Without this phase the model never reads its prompt: it learns the answer *format* but
    its answers do not depend on the question, so GRPO has no input-dependent behaviour to reinforce.
-2. **format** (``format_example``): chat prompts. Mostly the built-in arithmetic task, with the
-   exact answer format for ``strict_fraction`` of the targets and looser variants for the rest (so
-   GRPO has a format to learn); ``recall_fraction`` of the rows are key/value recall in chat form
-   ("Cards: 2, 7, 5. Hint: 7" -> "<answer>7</answer>"), which keeps the copy skill alive under the
-   chat template.
+2. **format** (``arithmetic_targets``, ``recall_row`` / ``recall_targets``, ``pick_target``): chat
+   prompts. Half the rows are the built-in arithmetic task, with the exact answer format for
+   ``strict_fraction`` of the targets and looser variants for the rest (so GRPO has a format to
+   learn); the other half are key/value recall in chat form ("Cards: 2, 7, 5. Hint: 7" ->
+   "<answer>7</answer>"), which keeps the copy skill alive under the chat template.
 
 The vocabulary is generic on purpose: no built-in env's wording ("Objects", "Target", "Message",
 the domain tasks) occurs here, so what a group learns on those envs is learned by GRPO.
@@ -74,19 +74,20 @@ def recall_row(rng: random.Random, start: str = "<answer>", end: str = "</answer
     return {"prompt": messages, "answer": value, "reasoning": f"{key.lower()} is {value}"}
 
 
-def arithmetic_targets(row: dict, tags: dict[str, str]) -> list[str]:
-    """Targets for an arithmetic row: the exact format (reasoning + answer tags) first, then looser
+def arithmetic_targets(env, row: dict) -> list[str]:
+    """Targets for an arithmetic row of ``env`` (a ``TaskEnv``): its exact format first, then looser
     variants a half-trained model would produce."""
     r, a = row["reasoning"], row["answer"]
-    think, answer = f"{tags['reasoning_start']}{r}{tags['reasoning_end']}", f"{tags['solution_start']}{a}{tags['solution_end']}"
-    return [think + answer, answer, f"{think} {a}", f"{r}. The answer is {a}."]
+    think, answer = f"{env.reasoning_start}{r}{env.reasoning_end}", f"{env.solution_start}{a}{env.solution_end}"
+    return [env.solution_text(row), answer, f"{think} {a}", f"{r}. The answer is {a}."]
 
 
-def recall_targets(row: dict, tags: dict[str, str]) -> list[str]:
-    """Targets for a recall row: the answer tags alone (what its system prompt asks for) first."""
+def recall_targets(env, row: dict) -> list[str]:
+    """Targets for a recall row, in ``env``'s tags: the answer tags alone (what its system prompt asks
+    for) first, then the full format and looser variants."""
     r, a = row["reasoning"], row["answer"]
-    answer = f"{tags['solution_start']}{a}{tags['solution_end']}"
-    return [answer, f"{tags['reasoning_start']}{r}{tags['reasoning_end']}{answer}", a, f"The answer is {a}."]
+    answer = f"{env.solution_start}{a}{env.solution_end}"
+    return [answer, env.solution_text(row), a, f"The answer is {a}."]
 
 
 def pick_target(rng: random.Random, variants: list[str], strict_fraction: float) -> str:

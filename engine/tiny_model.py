@@ -179,16 +179,15 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
 
     # Phase 2, format: 2 arithmetic rows per difficulty + 8 recall rows a step, chat template.
     envs = [ArithmeticEnv(seed=seed + 7919 * d, difficulty=d) for d in (1, 2, 3, 4)]
-    tags = {"reasoning_start": envs[0].reasoning_start, "reasoning_end": envs[0].reasoning_end,
-            "solution_start": envs[0].solution_start, "solution_end": envs[0].solution_end}
+    recall_format = envs[0]  # recall rows use the arithmetic task's tags and exact format
     pick = random.Random(f"tiny-sft:{seed}")
     recall_rng = random.Random(f"tiny-recall:{seed}")
 
     def format_batch(step: int) -> list[tuple[list[int], list[int]]]:
-        rows = [(row, corpus.arithmetic_targets(row, tags), strict_fraction) for env in envs for row in env.batch(step, 2)]
+        rows = [(row, corpus.arithmetic_targets(env, row), strict_fraction) for env in envs for row in env.batch(step, 2)]
         for _ in range(8):
-            row = corpus.recall_row(recall_rng, tags["solution_start"], tags["solution_end"])
-            rows.append((row, corpus.recall_targets(row, tags), corpus.RECALL_STRICT_FRACTION))
+            row = corpus.recall_row(recall_rng, recall_format.solution_start, recall_format.solution_end)
+            rows.append((row, corpus.recall_targets(recall_format, row), corpus.RECALL_STRICT_FRACTION))
         return [(chat(row["prompt"]), ids(corpus.pick_target(pick, variants, strict)) + [tok.eos_token_id])
                 for row, variants, strict in rows]
 

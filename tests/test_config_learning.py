@@ -11,6 +11,8 @@ These runs also stand in for the two configs' smoke runs (tests/test_configs_smo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -20,7 +22,7 @@ from tests.conftest import REPO, run_cli
 LEARNING_STEPS = {"multiagent": 16, "multidomain": 16}
 
 
-def run_config(name: str, tmp_path_factory) -> pd.DataFrame:
+def run_config(name: str, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp(name) / "run"
     proc = run_cli("run", str(REPO / "configs" / f"{name}.yaml"), f"steps={LEARNING_STEPS[name]}",
                    "--run-dir", str(run_dir), "-q")
