@@ -7,6 +7,7 @@
     lorapop leaderboard runs/<run> [--format table|csv|json|markdown]
     lorapop leaderboard runs                     # every run under a directory, compared
     lorapop plot runs/<run>                      # runs/<run>/plot.png
+    lorapop build-tiny [--out DIR] [key=value ...]   # rebuild builtin:tiny's shipped weights (or a variant)
 
 Bad input (config, dataset, reward function, argument) prints one clear message naming the field,
 file or line and exits with status 2 before anything is written.
@@ -132,6 +133,40 @@ def plot(
     except FileNotFoundError as e:
         _fail(str(e))
     out.print(f"wrote {path}")
+
+
+@app.command("build-tiny")
+def build_tiny(
+    settings: Optional[List[str]] = typer.Argument(None, help="tiny_model settings to change, e.g. seed=1 copy_steps=400 (engine/config.py TinyModelConfig)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the shipped engine/assets/builtin-tiny, replaced whole)."),
+) -> None:
+    """Build builtin:tiny from its recipe (engine/tiny_model.py) and write it with a manifest of how it was built.
+
+    With no settings and no --out this reproduces the weights the package ships; ATEN_CPU_CAPABILITY
+    (default, avx2, avx512) picks the CPU kernels the build uses, and with them the exact weights.
+    """
+    from pydantic import ValidationError
+
+    from engine.config import TinyModelConfig
+    from engine.loading import format_validation
+    from engine.tiny_model import SHIPPED_DIR, write_build
+
+    fields: dict[str, str] = {}
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"setting {item!r}: expected key=value, e.g. seed=1")
+        fields[key] = value
+    try:
+        config = TinyModelConfig(**fields)
+    except ValidationError as e:
+        _fail(format_validation(e, "tiny_model"))
+    target = out_dir or SHIPPED_DIR
+    if target.exists() and not target.is_dir():
+        _fail(f"--out {target}: exists and is not a directory")
+    manifest = write_build(target, config.model_dump(), log=lambda m: err.print(m, highlight=False))
+    out.print(f"wrote {target} (settings key {manifest['settings_key']}, cpu {manifest['cpu_capability']}, "
+              f"{manifest['build_seconds']:.0f}s, sha256 {manifest['model_sha256'][:12]})")
 
 
 class _Null:

@@ -248,6 +248,7 @@ class RayConfig(_Strict):
 
     address: str | None = Field(None, description="Existing cluster address ('auto', 'ray://host:10001'); None starts an embedded local Ray.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (None: all).")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads of every actor that runs the model (None: the rollout service takes every core, each group actor its share). The driver's ATEN_CPU_CAPABILITY, OMP/MKL settings and LORAPOP_CACHE reach the actors too; each actor's kernels and threads are a 'runtime' row in events/.")
 
 
 class RunConfig(_Strict):

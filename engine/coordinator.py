@@ -99,6 +99,10 @@ def resolve_training(training: dict) -> dict:
 
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+# the driver's settings of how torch computes reach every actor (on a cluster too), so a user or a
+# test can pin the CPU kernels and threads the model runs with
+PASSED_ENV = ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
+              "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "LORAPOP_CACHE", FAULTS_ENV)
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -107,9 +111,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
-    env = dict(WORKER_ENV)
-    if os.environ.get(FAULTS_ENV):  # fault injection (tests) reaches the actors too
-        env[FAULTS_ENV] = os.environ[FAULTS_ENV]
+    env = {**WORKER_ENV, **{k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}}  # fault injection (tests) too
     kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}}
     if address:
         ray.init(address=address, **kwargs)
@@ -169,7 +171,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
     started = _init_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
         population = Population(plans, model_path, run_dir, pop_cfg.max_restarts, log, resolve_backend(cfg.backend),
-                                cfg.rollout.model_dump(), resolve_training(cfg.training.model_dump()))
+                                cfg.rollout.model_dump(), resolve_training(cfg.training.model_dump()),
+                                cfg.ray.torch_threads)
         population.failed = list(state.get("failed", []))
         population.restarts.update(state.get("restarts", {}))
         writer.write_part("events", population.start(start or None), 0)  # start-up events are step 0

@@ -72,7 +72,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             raise ConfigError(f"override {key!r}: '{'.'.join(parts[:i])}' is not a mapping")
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
+def format_validation(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''})"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -95,7 +95,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, str(path))) from None
+        raise ConfigError(format_validation(e, str(path))) from None
     return cfg, path.resolve().parent
 
 

@@ -38,6 +38,14 @@ def ensure_random_model(size: str, log=print) -> Path:
     return build_cached(f"random-{size}", lambda out: build_random_llama(out, size), f"builtin:random-{size}", log)
 
 
+def torch_runtime() -> str:
+    """How this process's torch computes: version, CPU kernels (``ATEN_CPU_CAPABILITY``) and threads."""
+    import torch
+
+    return (f"torch {torch.__version__}, cpu kernels {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads")
+
+
 def quiet_libraries() -> None:
     """Silence per-load progress bars and deprecation chatter of transformers/PEFT (called at run time)."""
     import warnings

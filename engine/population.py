@@ -30,9 +30,10 @@ def actor_name(run_dir: Path, group: str) -> str:
 class Population:
     def __init__(self, plans: list[GroupPlan], model_path: str, run_dir: Path, max_restarts: int,
                  log: Callable[[str], None] = print, backend: str = "hf", rollout: dict | None = None,
-                 training: dict | None = None):
+                 training: dict | None = None, torch_threads: int | None = None):
         """``rollout``: the vllm engine's settings (``RolloutConfig``); ``training``: ``{"device", "dtype",
-        "num_gpus_per_group"}`` with device and dtype resolved."""
+        "num_gpus_per_group"}`` with device and dtype resolved; ``torch_threads``: CPU threads of every
+        actor that runs the model (None: the rollout takes every core, each group actor its share)."""
         import ray
 
         from groups.actor import default_threads
@@ -40,7 +41,7 @@ class Population:
         self.plans = {p.name: p for p in plans}
         self.model_path, self.run_dir, self.max_restarts, self.log = model_path, Path(run_dir), max_restarts, log
         self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus_per_group": 0.0, "share_prompts": True}
-        self.threads = default_threads(len(plans))
+        self.threads = torch_threads or default_threads(len(plans))
         self.restarts = {p.name: 0 for p in plans}
         self.failed: list[str] = []
         self.checkpoint_step: int | None = None
@@ -54,7 +55,7 @@ class Population:
         else:
             from engine.rollout.hf import HFRollout
 
-            self.rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, adapters)
+            self.rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, adapters, torch_threads)
         self.games, self.game_prompts = build_games(plans)  # multi-agent games, played from here
         self.game_of = {g: name for name, episodes in self.games.items() for g in episodes.agents.values()}
         self.actors = {p.name: self._spawn(p) for p in plans}
@@ -83,6 +84,9 @@ class Population:
         events = [event_row(0, r["group"], "prompts_dropped", f"{r['dropped_prompts']} rows dropped: prompt longer "
                             f"than max_prompt_length (never truncated)", value=float(r["dropped_prompts"]))
                   for r in reports if r["dropped_prompts"]]
+        # how each model-running process computes (CPU kernels and threads differ between hosts)
+        events += [event_row(0, "rollout", "runtime", ray.get(self.rollout.runtime.remote()))]
+        events += [event_row(0, r["group"], "runtime", r["runtime"]) for r in reports]
         self.checkpoint_step = checkpoint_step
         if checkpoint_step is None:
             ray.get([self.actors[g].publish.remote() for g in self.live])

@@ -16,8 +16,19 @@ Build (once per settings, cached on disk):
 Data of both phases: engine/tiny_corpus.py.
 
 The result is an ordinary Hugging Face directory (``AutoModelForCausalLM`` / ``AutoTokenizer``).
-Cache: ``$LORAPOP_CACHE`` or ``~/.cache/lorapop``, one directory per settings hash, written whole
-and renamed into place under a file lock, so concurrent builders never see half a model.
+
+Shipped: the build of the default settings (``TinyModelConfig()``) lies in the package
+(``engine/assets/builtin-tiny``, ~3.6 MB) with a ``lorapop_build.json`` manifest (settings, their key,
+torch version, CPU kernels, sha256), so ``builtin:tiny`` loads at once and is the same model on
+every host: a build depends on the host's CPU kernels (AVX-512 and AVX2 builds differ bit-wise and
+learn differently). Reproduce or change it with
+
+    lorapop build-tiny                     # rewrites engine/assets/builtin-tiny from TinyModelConfig()
+    ATEN_CPU_CAPABILITY=avx2 lorapop build-tiny --out /tmp/tiny-avx2   # another host's kernels
+
+Other settings are built on first use and cached: ``$LORAPOP_CACHE`` or ``~/.cache/lorapop``, one
+directory per settings hash, written whole and renamed into place under a file lock, so concurrent
+builders never see half a model.
 """
 
 from __future__ import annotations
@@ -33,7 +44,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-BUILD_VERSION = 2  # bump when the recipe changes: old cache entries are then ignored
+BUILD_VERSION = 2  # bump when the recipe changes: old cache entries (and the shipped build) are then ignored
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "builtin-tiny"
+MANIFEST = "lorapop_build.json"
 SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -51,9 +64,52 @@ def settings_key(settings: dict[str, Any]) -> str:
 
 
 def ensure_tiny_model(settings: dict[str, Any], log=print) -> Path:
-    """Return the directory of the tiny model for ``settings`` (a ``TinyModelConfig`` dump), building it if needed."""
-    return build_cached(f"tiny-{settings_key(settings)}", lambda out: build_tiny_model(out, **settings),
+    """The directory of the tiny model for ``settings`` (a ``TinyModelConfig`` dump): the shipped build
+    when the settings are its own, else a cached build (built on first use)."""
+    shipped = shipped_tiny_model(settings)
+    if shipped is not None:
+        return shipped
+    return build_cached(f"tiny-{settings_key(settings)}", lambda out: build_tiny_model(out, **settings, log=log),
                         "builtin:tiny", log)
+
+
+def shipped_tiny_model(settings: dict[str, Any]) -> Path | None:
+    """The build shipped in the package, if it was built from ``settings`` by this recipe version."""
+    manifest = SHIPPED_DIR / MANIFEST
+    if not manifest.is_file():
+        return None
+    return SHIPPED_DIR if json.loads(manifest.read_text())["settings_key"] == settings_key(settings) else None
+
+
+def write_build(out: Path, settings: dict[str, Any], log=print) -> dict[str, Any]:
+    """Build the tiny model for ``settings`` into ``out`` (replaced whole: built beside it, then renamed)
+    with a manifest that says how; returns the manifest."""
+    import torch
+
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        t0 = time.time()
+        build_tiny_model(tmp, **settings, log=log)
+        manifest = {
+            "build_version": BUILD_VERSION, "settings": settings, "settings_key": settings_key(settings),
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY"), "build_seconds": round(time.time() - t0, 1),
+            "model_sha256": hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private: the package's copy is read by every user
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
 
 
 def build_cached(name: str, build: Callable[[Path], None], label: str, log=print) -> Path:
@@ -116,9 +172,10 @@ def build_tokenizer():
     return fast
 
 
-def _train_phase(model, batches, steps: int, lr: float, decay: bool) -> None:
+def _train_phase(model, batches, steps: int, lr: float, decay: bool, label: str, log) -> None:
     """AdamW over ``steps`` batches of ``(prompt_ids, target_ids)`` pairs; loss on the targets only.
-    20 warm-up steps, then constant (``decay=False``) or linear decay to 10% of ``lr``."""
+    20 warm-up steps, then constant (``decay=False``) or linear decay to 10% of ``lr``. Logs progress
+    every 100 steps."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -139,10 +196,12 @@ def _train_phase(model, batches, steps: int, lr: float, decay: bool) -> None:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log(f"  {label} phase: step {step + 1}/{steps}, loss {loss.item():.3f}")
 
 
 def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: int, copy_steps: int, copy_lr: float,
-                     sft_steps: int, sft_lr: float, strict_fraction: float, seed: int) -> None:
+                     sft_steps: int, sft_lr: float, strict_fraction: float, seed: int, log=print) -> None:
     """Build, pre-train (copy phase, then format phase; see engine/tiny_corpus.py) and save into ``out``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -175,7 +234,7 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
         rows = [corpus.copy_example(copy_rng) for _ in range(32)]
         return [(ids(prompt + "\n"), ids(target) + [tok.eos_token_id]) for prompt, target in rows]
 
-    _train_phase(model, copy_batch, copy_steps, copy_lr, decay=False)
+    _train_phase(model, copy_batch, copy_steps, copy_lr, decay=False, label="copy", log=log)
 
     # Phase 2, format: 2 arithmetic rows per difficulty + 8 recall rows a step, chat template.
     envs = [ArithmeticEnv(seed=seed + 7919 * d, difficulty=d) for d in (1, 2, 3, 4)]
@@ -191,7 +250,7 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
         return [(chat(row["prompt"]), ids(corpus.pick_target(pick, variants, strict)) + [tok.eos_token_id])
                 for row, variants, strict in rows]
 
-    _train_phase(model, format_batch, sft_steps, sft_lr, decay=True)
+    _train_phase(model, format_batch, sft_steps, sft_lr, decay=True, label="format", log=log)
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id

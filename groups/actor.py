@@ -71,8 +71,11 @@ class GroupActor:
             lambda row: len(self._prompt_ids(row["prompt"])) <= self.hp["max_prompt_length"])
 
     def startup_report(self) -> dict:
-        """What happened while building this group (rows dropped for over-long prompts)."""
-        return {"group": self.name, "dropped_prompts": self.dropped_prompts}
+        """What happened while building this group (rows dropped for over-long prompts), and how its
+        torch computes."""
+        from engine.models import torch_runtime
+
+        return {"group": self.name, "dropped_prompts": self.dropped_prompts, "runtime": torch_runtime()}
 
     # --- adapter --------------------------------------------------------------------------------
 

@@ -19,10 +19,15 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900, env: dict | None =
                           text=True, timeout=timeout)
 
 
+TEST_BASE_ENV = "LORAPOP_TEST_BASE_MODEL"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    """The default ``builtin:tiny`` (built on first use, then cached under $LORAPOP_CACHE or ~/.cache/lorapop)."""
+    """The base model the learning tests train: ``builtin:tiny`` as shipped, or the directory in
+    ``$LORAPOP_TEST_BASE_MODEL`` (e.g. a ``lorapop build-tiny --out DIR`` build under other CPU
+    kernels, to check that a learning claim does not hang on one build)."""
     from engine.config import TinyModelConfig
     from engine.tiny_model import ensure_tiny_model
 
-    return str(ensure_tiny_model(TinyModelConfig().model_dump()))
+    return os.environ.get(TEST_BASE_ENV) or str(ensure_tiny_model(TinyModelConfig().model_dump()))

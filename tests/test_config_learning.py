@@ -7,6 +7,30 @@ CLI as a user runs it (real local Ray, builtin:tiny, the file's own seed and set
   the negotiation players reach deals that split the pot.
 
 These runs also stand in for the two configs' smoke runs (tests/test_configs_smoke.py skips them).
+
+Spread measured across builds of builtin:tiny (``lorapop build-tiny`` under ATEN_CPU_CAPABILITY=avx512,
+avx2 and default; the shipped weights are the default build), first 5 -> last 5 steps, on one
+2-core AVX-512 host (run with ``LORAPOP_TEST_BASE_MODEL=<build dir>``):
+
+=============================  ==============  ==============  ==================
+                               avx512          avx2            default (shipped)
+=============================  ==============  ==============  ==================
+signaling success (20 steps)   0.51 -> 0.72*   0.47 -> 0.74    0.49 -> 0.75
+receiver follows the message   0.47 -> 0.69*   0.45 -> 0.75    0.44 -> 0.67
+negotiation best deal rate     0.59            0.84            0.88
+financial reward (16 steps)    0.26 -> 0.89    0.29 -> 0.63    0.25 -> 0.58
+legal                          0.17 -> 0.63    -0.05 -> 0.24   0.20 -> 0.74
+medical                        0.30 -> 0.84    0.28 -> 0.76    0.38 -> 0.89
+medical-vi                     0.05 -> 0.75    -0.08 -> 0.52   0.03 -> 0.59
+=============================  ==============  ==============  ==================
+
+(* measured at 24 steps.) With the exact format as the only format reward, a domain whose prompts a
+build never answers in that format at first learned nothing: every reward 0, every advantage 0
+(avx2 legal 0.00 -> 0.06; an AVX-512 build of another host: medical-vi 0.00 -> 0.01). The
+multidomain config's partial-credit format reward (format_approx, weight 0.25) gives every domain a
+signal from step 0; at weight 0.5 it pulled avx512's legal group toward tags without the exact format
+(exact format 0.16 -> 0.01). At 24 steps the signaling pair of the default build starts drifting to
+a private code (receiver follows 0.69 at step 16, 0.57 over steps 20-24), so the test stops at 20.
 """
 
 from __future__ import annotations
@@ -19,25 +43,25 @@ import pytest
 from rewards.text import extract_answer
 from tests.conftest import REPO, run_cli
 
-LEARNING_STEPS = {"multiagent": 16, "multidomain": 16}
+LEARNING_STEPS = {"multiagent": 20, "multidomain": 16}
 
 
-def run_config(name: str, tmp_path_factory) -> Path:
+def run_config(name: str, tmp_path_factory, base_model: str) -> Path:
     run_dir = tmp_path_factory.mktemp(name) / "run"
     proc = run_cli("run", str(REPO / "configs" / f"{name}.yaml"), f"steps={LEARNING_STEPS[name]}",
-                   "--run-dir", str(run_dir), "-q")
+                   f"base_model={base_model}", "--run-dir", str(run_dir), "-q")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run_dir
 
 
 @pytest.fixture(scope="module")
 def multiagent_run(tmp_path_factory, tiny_model_path):
-    return run_config("multiagent", tmp_path_factory)
+    return run_config("multiagent", tmp_path_factory, tiny_model_path)
 
 
 @pytest.fixture(scope="module")
 def multidomain_run(tmp_path_factory, tiny_model_path):
-    return run_config("multidomain", tmp_path_factory)
+    return run_config("multidomain", tmp_path_factory, tiny_model_path)
 
 
 def first_last(series: pd.Series, n: int = 5) -> tuple[float, float]:
@@ -56,6 +80,7 @@ def test_signaling_success_rises_clearly_above_chance(multiagent_run):
     success = steps[steps.group == "sender"].set_index("step")["accuracy"]  # the game's success, per step
     # 5 steps x 32 episodes: at chance (0.25), a mean of 0.6 has probability < 1e-15
     first, last = first_last(success)
+    print(f"signaling success {first:.2f} -> {last:.2f}")
     assert last >= 0.6 and last >= chance + 0.35, f"success {first:.2f} -> {last:.2f} (chance {chance:.2f})"
     assert last >= first + 0.15, f"success did not rise: {first:.2f} -> {last:.2f}"
     receiver = steps[steps.group == "receiver"].set_index("step")["accuracy"]
@@ -77,6 +102,7 @@ def test_the_receiver_learns_to_pick_what_the_message_names(multiagent_run):
         lambda c: (extract_answer(c, "<answer>", "</answer>") or "").strip().lower())
     follows = (sent == picked.reindex(sent.index)).groupby(level="step").mean()
     first, last = first_last(follows)
+    print(f"receiver follows {first:.2f} -> {last:.2f}")
     assert last >= 0.5 and last >= first + 0.1, f"receiver follows the message {first:.2f} -> {last:.2f}"
 
 
@@ -85,6 +111,7 @@ def test_negotiation_players_make_deals_that_split_the_pot(multiagent_run):
     opener = steps[steps.group == "opener"].set_index("step")
     responder = steps[steps.group == "responder"].set_index("step")
     assert opener["accuracy"].equals(responder["accuracy"])  # deal rate, one game
+    print(f"negotiation deal rate max {opener['accuracy'].max():.2f}, turns {opener['turns_mean'].mean():.2f}")
     assert opener["accuracy"].max() > 0, "no deal in any step"
     # a deal splits the whole pot: per step, the two players' mean rewards add up to the deal rate
     total = opener["reward/env_reward"] + responder["reward/env_reward"]
@@ -97,6 +124,8 @@ def test_every_domain_reward_rises_on_its_own_domain(multidomain_run):
     assert sorted(steps.group.unique()) == ["financial", "legal", "medical", "medical-vi"]
     for group, g in steps.groupby("group"):
         first, last = first_last(g.set_index("step")["reward"])
+        f0, f1 = first_last(g.set_index("step")["reward/format_exact"])
+        print(f"{group}: reward {first:.2f} -> {last:.2f}, exact format {f0:.2f} -> {f1:.2f}")
         assert last > first + 0.15, f"{group}: reward {first:.2f} -> {last:.2f}"
     samples = pd.read_parquet(multidomain_run / "samples")
     system = {"medical": "Medical calculation.", "medical-vi": "Tính toán y khoa.", "legal": "Apply the rules given.",

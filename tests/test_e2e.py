@@ -11,13 +11,14 @@ import torch
 
 from tests.conftest import REPO, run_cli
 
-STEPS = 16
+STEPS = 20
 
 CONFIG = """
 seed: 3
 steps: {steps}
+base_model: {model}
 eval_prompts: 8
-grpo: {{prompts_per_step: 4, group_size: 8, max_completion_length: 48, lr: 0.003}}
+grpo: {{prompts_per_step: 4, group_size: 8, max_completion_length: 48, lr: 0.002}}
 groups:
   - name: arith
     env: {{type: arithmetic, difficulty: 1}}
@@ -45,7 +46,7 @@ def e2e_run(tmp_path_factory, tiny_model_path):
     with open(d / "rows.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps({"question": r["question"], "answer": r["answer"], "source": "synthetic"}) + "\n")
-    (d / "e2e.yaml").write_text(CONFIG.format(steps=STEPS))
+    (d / "e2e.yaml").write_text(CONFIG.format(steps=STEPS, model=tiny_model_path))
     run_dir = d / "run"
     proc = run_cli("run", str(d / "e2e.yaml"), "--run-dir", str(run_dir), "-q")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -104,12 +105,18 @@ def test_conversational_user_rewards_ran_unchanged(e2e_run):
 
 
 def test_grpo_learns_the_format(e2e_run):
-    """Fails if GRPO is broken (e.g. a flipped advantage sign drives the format reward down)."""
+    """Fails if GRPO is broken (e.g. a flipped advantage sign drives the format reward down).
+
+    Measured (first 4 -> last 4 of 20 steps, arith / data) on builds of builtin:tiny under
+    ATEN_CPU_CAPABILITY avx512: 0.39 -> 0.67 / 0.35 -> 0.76; avx2: 0.38 -> 0.72 / 0.32 -> 0.70; default
+    (shipped): 0.40 -> 0.74 / 0.43 -> 0.77. At lr 3e-3 the format reward swings (avx2 arith 0.40 -> 0.71
+    after 16 steps, 0.52 after 20), hence 2e-3."""
     run_dir, _ = e2e_run
     steps = pd.read_parquet(run_dir / "steps").sort_values("step")
     for group, g in steps.groupby("group"):
         first = g["reward/format_exact"].head(4).mean()
         last = g["reward/format_exact"].tail(4).mean()
+        print(f"{group}: format reward {first:.2f} -> {last:.2f}")
         assert last > first + 0.2, f"{group}: format reward {first:.2f} -> {last:.2f}"
 
 

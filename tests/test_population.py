@@ -15,6 +15,7 @@ from tests.conftest import run_cli
 POPULATION = """
 seed: 5
 steps: {steps}
+base_model: {model}
 eval_prompts: 4
 grpo: {{prompts_per_step: 3, group_size: 8, max_completion_length: 48, lr: 0.003}}
 population:
@@ -33,9 +34,9 @@ groups:
 """
 
 
-def run_population(tmp_path, strategy: str, steps: int, frequency: int):
+def run_population(tmp_path, model: str, strategy: str, steps: int, frequency: int):
     cfg = tmp_path / f"{strategy}.yaml"
-    cfg.write_text(POPULATION.format(strategy=strategy, steps=steps, frequency=frequency))
+    cfg.write_text(POPULATION.format(model=model, strategy=strategy, steps=steps, frequency=frequency))
     run_dir = tmp_path / strategy
     proc = run_cli("run", str(cfg), "--run-dir", str(run_dir), "-q")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -44,10 +45,13 @@ def run_population(tmp_path, strategy: str, steps: int, frequency: int):
 
 @pytest.fixture(scope="module")
 def exploit_run(tmp_path_factory, tiny_model_path):
-    return run_population(tmp_path_factory.mktemp("pbt"), "exploit_explore", steps=12, frequency=6)
+    return run_population(tmp_path_factory.mktemp("pbt"), tiny_model_path, "exploit_explore", steps=12, frequency=6)
 
 
 def test_handicapped_group_is_rebalanced_and_catches_up(exploit_run):
+    """Measured on builds of builtin:tiny under ATEN_CPU_CAPABILITY avx512 / avx2 / default (shipped):
+    lazy's gap at step 6 0.58 / 0.42 / 0.53; mean reward of steps 9-12, lazy vs its donor: 0.72 vs 0.61 /
+    0.78 vs 0.77 / 0.59 vs 0.39."""
     steps = pd.read_parquet(exploit_run / "steps")
     events = pd.read_parquet(exploit_run / "events")
     rebalanced = events[events.kind == "rebalance"]
@@ -63,6 +67,8 @@ def test_handicapped_group_is_rebalanced_and_catches_up(exploit_run):
     assert lazy.loc[7, "adapter_version"] == lazy.loc[6, "adapter_version"] + 2
     # afterwards it scores within performance_threshold of its donor
     last = steps[steps.step > 8].groupby("group")["reward"].mean()
+    print(f"gap at step 6 {ev['gap']:.2f}; steps 9-12: lazy {last['lazy']:.2f}, donor {last[ev['donor']]:.2f}; "
+          f"good within threshold: {sorted(events[events.kind == 'score'].group)}")
     assert (last[ev["donor"]] - last["lazy"]) / abs(last[ev["donor"]]) <= 0.2
     assert last["lazy"] > lazy.loc[3:6, "reward"].mean()
 
@@ -77,7 +83,7 @@ def test_groups_within_the_threshold_are_never_touched(exploit_run):
 
 
 def test_reallocate_moves_budget_and_keeps_the_total(tmp_path, tiny_model_path):
-    run_dir = run_population(tmp_path, "reallocate", steps=8, frequency=6)
+    run_dir = run_population(tmp_path, tiny_model_path, "reallocate", steps=8, frequency=6)
     steps = pd.read_parquet(run_dir / "steps")
     budget = steps.pivot(index="step", columns="group", values="prompts_per_step")
     assert (budget.sum(axis=1) == 9).all()  # 3 groups x 3 prompts, before and after

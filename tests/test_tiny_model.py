@@ -34,8 +34,11 @@ def test_build_is_cached_deterministic_and_loads_with_auto_classes(tmp_path, mon
     monkeypatch.setenv("LORAPOP_CACHE", str(tmp_path / "a"))
     logs: list[str] = []
     first = ensure_tiny_model(SMALL, log=logs.append)
-    assert first.name == f"tiny-{settings_key(SMALL)}" and len(logs) == 2  # built once
-    assert ensure_tiny_model(SMALL, log=logs.append) == first and len(logs) == 2  # then cached
+    built = [m for m in logs if m.startswith("built ")]
+    assert first.name == f"tiny-{settings_key(SMALL)}" and len(built) == 1  # built once, progress shown
+    assert any("copy phase: step 2/2" in m for m in logs) and any("format phase: step 3/3" in m for m in logs)
+    n = len(logs)
+    assert ensure_tiny_model(SMALL, log=logs.append) == first and len(logs) == n  # then cached
     monkeypatch.setenv("LORAPOP_CACHE", str(tmp_path / "b"))
     second = ensure_tiny_model(SMALL, log=logs.append)
     m1 = AutoModelForCausalLM.from_pretrained(first)
@@ -47,3 +50,53 @@ def test_build_is_cached_deterministic_and_loads_with_auto_classes(tmp_path, mon
     assert tok.decode(tok("thế giới", add_special_tokens=False)["input_ids"]) == "thế giới"
     assert settings_key({**SMALL, "seed": 1}) != settings_key(SMALL)
     assert not [p for p in (tmp_path / "a").iterdir() if ".tmp-" in p.name]  # no half-built directory left
+
+
+def test_builtin_tiny_is_the_shipped_build_and_nothing_is_built(tmp_path, monkeypatch):
+    """The default settings resolve to the weights in the package (same on every host), with no build
+    and nothing written to the cache; the manifest says they come from this recipe and are intact."""
+    import hashlib
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.config import TinyModelConfig
+    from engine.models import resolve_base_model
+    from engine.tiny_model import BUILD_VERSION, MANIFEST, SHIPPED_DIR
+
+    monkeypatch.setenv("LORAPOP_CACHE", str(tmp_path / "cache"))
+    logs: list[str] = []
+    assert resolve_base_model("builtin:tiny", TinyModelConfig().model_dump(), log=logs.append) == str(SHIPPED_DIR)
+    assert logs == [] and not (tmp_path / "cache").exists()
+    manifest = json.loads((SHIPPED_DIR / MANIFEST).read_text())
+    # a recipe change (TinyModelConfig defaults, BUILD_VERSION) without `lorapop build-tiny` fails here
+    assert manifest["build_version"] == BUILD_VERSION
+    assert manifest["settings"] == TinyModelConfig().model_dump()
+    assert manifest["settings_key"] == settings_key(TinyModelConfig().model_dump())
+    assert hashlib.sha256((SHIPPED_DIR / "model.safetensors").read_bytes()).hexdigest() == manifest["model_sha256"]
+    model = AutoModelForCausalLM.from_pretrained(SHIPPED_DIR)
+    tok = AutoTokenizer.from_pretrained(SHIPPED_DIR)
+    assert model.config.hidden_size == TinyModelConfig().hidden_size and tok.chat_template
+    # other settings are still built on first use (into the cache), not taken from the package
+    assert resolve_base_model("builtin:tiny", SMALL, log=logs.append) != str(SHIPPED_DIR)
+    assert any(m.startswith("built builtin:tiny") for m in logs)
+
+
+def test_build_tiny_command_writes_a_model_and_its_manifest(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "tiny"
+    args = [f"{k}={v}" for k, v in SMALL.items()]
+    proc = run_cli("build-tiny", *args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "lorapop_build.json").read_text())
+    assert manifest["settings_key"] == settings_key(SMALL)  # SMALL sets every TinyModelConfig field
+    assert manifest["cpu_capability"] and (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+    assert "format phase: step 3/3" in proc.stderr  # progress is shown
+    assert not [p for p in tmp_path.iterdir() if p.name != "tiny"]  # built beside, renamed into place
+
+    proc = run_cli("build-tiny", "hidden_size=zero", "--out", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and "hidden_size" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad").exists()

@@ -46,6 +46,11 @@ class HFRollout:
         self.versions[group] = version
         return version
 
+    def runtime(self) -> str:
+        from engine.models import torch_runtime
+
+        return torch_runtime()
+
     def adapter_versions(self) -> dict[str, int]:
         return dict(self.versions)
 

@@ -202,6 +202,11 @@ class VLLMRollout:
                       peft_type="LORA", task_type="CAUSAL_LM")
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
 
+    def runtime(self) -> str:
+        from engine.models import torch_runtime
+
+        return torch_runtime()
+
     def adapter_versions(self) -> dict[str, int]:
         return dict(self.versions)
 
