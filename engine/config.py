@@ -29,6 +29,14 @@ class TagFormat(_Strict):
 class GRPOConfig(_Strict):
     """GRPO hyper-parameters of one group (run-level defaults, overridable per group)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "micro_batch_size" in data:
+            raise ValueError("micro_batch_size: moved to training.micro_batch_tokens (one trainer packs every "
+                             "group's rows into micro-batches by tokens)")
+        return data
+
     prompts_per_step: int = Field(4, ge=1, description="Prompts sampled from the env per step.")
     group_size: int = Field(8, ge=2, description="Completions per prompt (G); advantages are relative within these.")
     max_prompt_length: int = Field(512, ge=1, description="Longest prompt in tokens; longer prompts are an error, never truncated.")
@@ -45,7 +53,6 @@ class GRPOConfig(_Strict):
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Advantage scaling: std of the prompt's group, of the whole batch, or none (Dr. GRPO).")
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("dapo", description="Loss aggregation, as TRL: per-sequence mean (grpo), / (B * max_completion_length) (dr_grpo), per-token mean (dapo).")
     num_iterations: int = Field(1, ge=1, description="Optimizer steps per rollout batch (mu in the GRPO paper).")
-    micro_batch_size: int = Field(0, ge=0, description="Sequences per forward/backward pass (gradient accumulation; the loss is the same); 0: the whole batch at once.")
     vllm_importance_sampling_correction: bool = Field(False, description="Truncated importance sampling (TRL's option of the same name): the ratio is taken against the trainer's own old log-probs and each token's loss is weighted by exp(trainer_old - sampler), capped.")
     vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = Field("token_truncate", description="Per-token or per-sequence weights; clamp them at the cap or drop tokens beyond it (as TRL).")
     vllm_importance_sampling_cap: float = Field(3.0, gt=0, description="Upper bound of the importance weight.")
@@ -235,11 +242,20 @@ class RolloutConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    """Where the group actors train."""
+    """The trainer service: one per device, the base once, one LoRA slot per group."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "num_gpus_per_group" in data:
+            raise ValueError("num_gpus_per_group: group actors hold no model any more; the trainer service's "
+                             "GPU share is training.num_gpus")
+        return data
 
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Trainer device: auto = cuda where available.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Trainer weights dtype: auto = bfloat16 on cuda, float32 on cpu (LoRA weights and Adam state stay float32).")
-    num_gpus_per_group: float = Field(0.05, ge=0, description="Ray GPU resource of each group actor on cuda (fractional: they share the GPU with the rollout actor).")
+    num_gpus: float = Field(0.5, ge=0, description="Ray GPU resource of the trainer service on cuda (fractional: it shares the GPU with the rollout service).")
+    micro_batch_tokens: int = Field(0, ge=0, description="Tokens (rows x padded length) per forward/backward pass of the fused trainer; micro-batches mix groups and add up to each group's full-batch loss. 0: every group's rows in one pass.")
     share_prompts: Union[Literal["auto"], bool] = Field("auto", description="Compute a prompt once for all the group_size samples that share it, in the trainer's forward and backward (same log-probs and gradients): auto = true for a cpu trainer (3.4x measured), false on cuda (slower there at 200-token prompts: one more forward's launches; bench/RESULTS.md).")
 
 
@@ -248,7 +264,7 @@ class RayConfig(_Strict):
 
     address: str | None = Field(None, description="Existing cluster address ('auto', 'ray://host:10001'); None starts an embedded local Ray.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (None: all).")
-    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads of every actor that runs the model (None: the rollout service takes every core, each group actor its share). The driver's ATEN_CPU_CAPABILITY, OMP/MKL settings and LORAPOP_CACHE reach the actors too; each actor's kernels and threads are a 'runtime' row in events/.")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads of each service that runs the model, the rollout and the trainer (None: every core; they take turns). The driver's ATEN_CPU_CAPABILITY, OMP/MKL settings and LORAPOP_CACHE reach the actors too; each actor's kernels and threads are a 'runtime' row in events/.")
 
 
 class RunConfig(_Strict):

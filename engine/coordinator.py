@@ -2,9 +2,9 @@
 
     plans = group_plans(cfg)                   # config -> plain per-group plans
     preflight(plans)                           # envs and rewards build here first: bad input fails before any write
-    population = Population(plans)             # rollout actor + one GroupActor per group (engine/population.py)
+    population = Population(plans)             # rollout + trainer services (the base once each), one GroupActor per group
     for step in start+1 .. steps:
-        outs, events = population.step(step)   # all groups' rollouts in one batch, then each group's GRPO step
+        outs, events = population.step(step)   # all groups' rollouts in one batch, one fused GRPO update, one publish
         evaluate every eval_interval steps     # held-out reward / accuracy / format rate
         rebalance every rebalance_frequency    # groups/rebalance.py: exploit_explore | reallocate | none
         write steps/ samples/ evals/ events/ parts, then checkpoint
@@ -183,6 +183,7 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             samples = [s for o in outs for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])]
             events += [event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
                        for o in outs for fn, err in o["failures"].items()]
+            events += [event_row(step, o["metrics"]["group"], "update_skipped", o["skipped"]) for o in outs if o["skipped"]]
             history.extend(metrics)
             # 2. held-out evaluation
             eval_rows = []

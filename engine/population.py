@@ -1,13 +1,17 @@
-"""The population on Ray: the rollout actor, one actor per group, and what keeps them going.
+"""The population on Ray: the rollout service, the trainer service, one actor per group, and what keeps
+them going.
 
-``Population`` owns the actors (Ray's supervisor pattern): it steps every live group, batching all
-rollouts into one call; it restarts a group actor that died or raised from the last checkpoint
-(``restart`` event) and marks a group that keeps failing as failed (``failed`` event) while the
-others go on; it evaluates, checkpoints and applies rebalancing decisions.
+``Population`` owns the actors (Ray's supervisor pattern). The base is held once per service: the
+rollout service generates for every group in one batch, the trainer service (one slot per group)
+updates every group in one fused step and publishes every updated adapter in one call; group actors
+hold no model. It restarts a group actor that died or raised from the last checkpoint (``restart``
+event), and the trainer with all its slots likewise; a group that keeps failing is marked failed
+(``failed`` event) while the others go on; it evaluates, checkpoints and applies rebalancing decisions.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +26,10 @@ class _ReplayError(RuntimeError):
     """A group (or a game partner) failed again while its steps were being redone."""
 
 
+class _TrainerDied(RuntimeError):
+    """The trainer service died (its process, not one group's update): restart it from the checkpoint."""
+
+
 def actor_name(run_dir: Path, group: str) -> str:
     """Name of a group's first actor in Ray namespace ``lorapop`` (``ray.get_actor(name, namespace="lorapop")``)."""
     return f"lorapop-group:{Path(run_dir).name}:{group}"
@@ -31,18 +39,19 @@ class Population:
     def __init__(self, plans: list[GroupPlan], model_path: str, run_dir: Path, max_restarts: int,
                  log: Callable[[str], None] = print, backend: str = "hf", rollout: dict | None = None,
                  training: dict | None = None, torch_threads: int | None = None):
-        """``rollout``: the vllm engine's settings (``RolloutConfig``); ``training``: ``{"device", "dtype",
-        "num_gpus_per_group"}`` with device and dtype resolved; ``torch_threads``: CPU threads of every
-        actor that runs the model (None: the rollout takes every core, each group actor its share)."""
+        """``rollout``: the vllm engine's settings (``RolloutConfig``); ``training``: the trainer's
+        ``{"device", "dtype", "num_gpus", "share_prompts", "micro_batch_tokens"}`` with auto resolved;
+        ``torch_threads``: CPU threads of each service that runs the model (None: every core; the
+        rollout and the trainer take turns)."""
         import ray
-
-        from groups.actor import default_threads
 
         self.plans = {p.name: p for p in plans}
         self.model_path, self.run_dir, self.max_restarts, self.log = model_path, Path(run_dir), max_restarts, log
-        self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus_per_group": 0.0, "share_prompts": True}
-        self.threads = torch_threads or default_threads(len(plans))
+        self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus": 0.0, "share_prompts": True,
+                                     "micro_batch_tokens": 0}
+        self.threads = torch_threads
         self.restarts = {p.name: 0 for p in plans}
+        self.trainer_restarts = 0
         self.failed: list[str] = []
         self.checkpoint_step: int | None = None
         adapters = {p.name: p.lora for p in plans}
@@ -56,6 +65,7 @@ class Population:
             from engine.rollout.hf import HFRollout
 
             self.rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, adapters, torch_threads)
+        self.trainer = self._spawn_trainer()  # starts while the rollout engine starts
         self.games, self.game_prompts = build_games(plans)  # multi-agent games, played from here
         self.game_of = {g: name for name, episodes in self.games.items() for g in episodes.agents.values()}
         self.actors = {p.name: self._spawn(p) for p in plans}
@@ -66,11 +76,24 @@ class Population:
         from groups.actor import GroupActor
 
         k = self.restarts[plan.name]
-        gpus = self.training["num_gpus_per_group"] if self.training["device"] == "cuda" else 0
-        return ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=0)(GroupActor).options(
+        return ray.remote(num_cpus=0, max_restarts=0)(GroupActor).options(
             name=actor_name(self.run_dir, plan.name) + (f"#{k}" if k else ""), namespace="lorapop",
-        ).remote(plan, self.model_path, self.rollout, self.threads, self.training["device"], self.training["dtype"],
-                 self.training["share_prompts"])
+        ).remote(plan, self.model_path)
+
+    def _spawn_trainer(self):
+        import ray
+
+        from engine.trainer.service import SlotSpec, TrainerService
+        from engine.trainer.slots import SlotHParams
+
+        t = self.training
+        specs = {p.name: SlotSpec(dict(p.lora), p.seed, SlotHParams.from_grpo(p.grpo)) for p in self.plans.values()}
+        gpus = t["num_gpus"] if t["device"] == "cuda" else 0
+        return ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=0)(TrainerService).options(
+            name=f"lorapop-trainer:{self.run_dir.name}" + (f"#{self.trainer_restarts}" if self.trainer_restarts else ""),
+            namespace="lorapop",
+        ).remote(self.model_path, specs, t["device"], t["dtype"], self.threads, t["share_prompts"],
+                 t["micro_batch_tokens"] or None)
 
     @property
     def live(self) -> list[str]:
@@ -85,14 +108,10 @@ class Population:
                             f"than max_prompt_length (never truncated)", value=float(r["dropped_prompts"]))
                   for r in reports if r["dropped_prompts"]]
         # how each model-running process computes (CPU kernels and threads differ between hosts)
-        events += [event_row(0, "rollout", "runtime", ray.get(self.rollout.runtime.remote()))]
-        events += [event_row(0, r["group"], "runtime", r["runtime"]) for r in reports]
+        events += [event_row(0, name, "runtime", ray.get(actor.runtime.remote()))
+                   for name, actor in (("rollout", self.rollout), ("trainer", self.trainer))]
         self.checkpoint_step = checkpoint_step
-        if checkpoint_step is None:
-            ray.get([self.actors[g].publish.remote() for g in self.live])
-        else:
-            d = checkpoint_dir(self.run_dir, checkpoint_step)
-            ray.get([self.actors[g].load_checkpoint.remote(str(d / f"{g}.pt")) for g in self.live])
+        self._restore(self.live)
         return events
 
     # --- one step: every group's episodes, turn by turn ------------------------------------------
@@ -102,7 +121,10 @@ class Population:
         (single-turn, multi-turn and game agents alike) is one generate call."""
         events: list[dict] = []
         groups = self.live
-        outs, failed = self._play(step, groups, set(groups))
+        try:
+            outs, failed = self._play(step, groups, set(groups))
+        except _TrainerDied as e:
+            outs, failed = self._recover_trainer(step, str(e), events), {}
         waiting = [g for g in groups if g not in outs and g not in failed]  # partners of a failed game agent
         for g, error in failed.items():
             partners = [p for p in waiting if p in self._partners(g)]
@@ -158,18 +180,48 @@ class Population:
                     self.games[self.game_of[g]].record(g, o["replies"])
                 elif o["request"] is not None:
                     pending[g] = o["request"]
-        # 3. learn (steps 3-8) or evaluate
-        call = "evaluate" if evaluation else "learn"
-        refs = {g: getattr(self.actors[g], call).remote(step) for g in solo if g in learners and g not in failed}
+        # 3-8. learn (or evaluate): rewards and advantages per group, one fused update, one publish
+        scored = self._evaluate if evaluation else self._learn
+        return scored(step, solo, games, learners, failed)
+
+    def _game_outcomes(self, games: set[str], learners: set[str], failed: dict) -> dict[str, tuple]:
+        """``(rewards, success)`` per learning game agent, from the games its agents finished."""
+        out = {}
         for name in sorted(games):
             episodes = self.games[name]
             if any(g in failed for g in episodes.agents.values()):
-                continue
+                continue  # an agent died: this game's step is redone on recovery
             rewards, success = episodes.rewards(), episodes.success()
-            for g in episodes.agents.values():
-                if g in learners:
-                    refs[g] = getattr(self.actors[g], call).remote(step, rewards[g], success)
+            out.update({g: (rewards[g], success) for g in episodes.agents.values() if g in learners})
+        return out
+
+    def _evaluate(self, step: int, solo: list[str], games: set[str], learners: set[str], failed: dict):
+        refs = {g: self.actors[g].evaluate.remote(step) for g in solo if g in learners and g not in failed}
+        refs.update({g: self.actors[g].evaluate.remote(step, *o) for g, o in self._game_outcomes(games, learners, failed).items()})
         outs, errors = self._gather(refs)
+        return outs, {**failed, **errors}
+
+    def _learn(self, step: int, solo: list[str], games: set[str], learners: set[str], failed: dict):
+        """3-4. each group scores its episodes and packs its batch; 5-6. one fused trainer call with every
+        group's batch; 7. one publish of every updated adapter; 8. each group's metrics rows."""
+        import ray
+
+        refs = {g: self.actors[g].prepare.remote(step) for g in solo if g in learners and g not in failed}
+        refs.update({g: self.actors[g].prepare.remote(step, *o) for g, o in self._game_outcomes(games, learners, failed).items()})
+        jobs, errors = self._gather(refs)
+        failed = {**failed, **errors}
+        if not jobs:
+            return {}, failed
+        names = list(jobs)
+        t0 = time.perf_counter()
+        try:
+            results = ray.get(self.trainer.train.remote([jobs[g] for g in names]))
+            train_s = time.perf_counter() - t0
+            publish_s = ray.get(self.trainer.publish.remote(self.rollout, [r.slot for r in results if not r.skipped]))
+        except ray.exceptions.RayActorError as e:
+            raise _TrainerDied(f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}") from None
+        outs, errors = self._gather({g: self.actors[g].finish.remote(step, r, train_s, publish_s)
+                                     for g, r in zip(names, results)})
         return outs, {**failed, **errors}
 
     def _reset_game(self, name: str, step: int, evaluation: dict | None) -> list[dict]:
@@ -217,21 +269,50 @@ class Population:
                 pass
             self.actors[group] = self._spawn(self.plans[group])
             try:
-                self._restore(group)
+                self._restore([group])
                 return self._replay(group, step, partners)
             except _ReplayError as e:
                 error = str(e)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
                 error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
 
-    def _restore(self, group: str) -> None:
+    def _restore(self, groups: list[str]) -> None:
+        """``groups``' slots (and hyper-parameters) as of the last checkpoint, or as at the start; published."""
         import ray
 
-        actor = self.actors[group]
-        if self.checkpoint_step is None:
-            ray.get(actor.publish.remote())
-        else:
-            ray.get(actor.load_checkpoint.remote(str(checkpoint_dir(self.run_dir, self.checkpoint_step) / f"{group}.pt")))
+        d = None if self.checkpoint_step is None else str(checkpoint_dir(self.run_dir, self.checkpoint_step))
+        hps = ray.get(self.trainer.load_checkpoint.remote(d, groups))
+        ray.get([self.actors[g].set_hparams.remote(**hp) for g, hp in hps.items() if hp is not None])
+        ray.get(self.trainer.publish.remote(self.rollout, groups))
+
+    def _recover_trainer(self, step: int, error: str, events: list[dict]) -> dict:
+        """Restart the trainer service with every live group's slot from the last checkpoint, and redo the
+        steps after it (all groups learn); up to ``max_restarts`` times. Returns ``step``'s outputs."""
+        import ray
+
+        while True:
+            if self.trainer_restarts >= self.max_restarts:
+                raise RuntimeError(f"the trainer service failed {self.trainer_restarts + 1} times; last: {error}")
+            self.trainer_restarts += 1
+            events.append(event_row(step, "trainer", "restart", f"restart {self.trainer_restarts} from checkpoint "
+                                                              f"step {self.checkpoint_step or 0}: {error}"))
+            self.log(f"restarting the trainer service (attempt {self.trainer_restarts}): {error}")
+            try:
+                ray.kill(self.trainer, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+            self.trainer = self._spawn_trainer()
+            groups = self.live
+            try:
+                self._restore(groups)
+                outs: dict = {}
+                for s in range((self.checkpoint_step or 0) + 1, step + 1):
+                    outs, errors = self._play(s, groups, set(groups))
+                    if errors:
+                        raise RuntimeError(f"groups failed while the trainer's steps were redone: {errors}")
+                return outs
+            except _TrainerDied as e:
+                error = str(e)
 
     def _replay(self, group: str, step: int, partners: list[str]) -> dict:
         """Steps after the checkpoint, then ``step`` itself: ``group`` learns (its game partners play their
@@ -255,10 +336,11 @@ class Population:
         return [row for g in groups for row in outs[g]]
 
     def save_checkpoints(self, step: int) -> None:
+        """Every live group's slot (adapter, optimizer state, version) and hyper-parameters."""
         import ray
 
         d = checkpoint_dir(self.run_dir, step)
-        ray.get([self.actors[g].save_checkpoint.remote(str(d / f"{g}.pt")) for g in self.live])
+        ray.get(self.trainer.save_checkpoint.remote(str(d), self.hparams()))
         self.checkpoint_step = step
 
     def hparams(self) -> dict[str, dict]:
@@ -268,20 +350,20 @@ class Population:
         return dict(zip(groups, ray.get([self.actors[g].hparams.remote() for g in groups])))
 
     def apply(self, decision: Decision) -> None:
-        """Carry out one decision: a weight + optimizer copy from the donor, or new hyper-parameters."""
+        """Carry out one decision: a weight + optimizer copy from the donor inside the trainer (then its
+        new hyper-parameters, and the copy published), or new hyper-parameters."""
         import ray
 
         if decision.action == "exploit_explore":
-            state = self.actors[decision.donor].get_state.remote()
-            ray.get(self.actors[decision.group].set_state.remote(state, decision.new[decision.group], True))
+            ray.get(self.trainer.copy_slot.remote(decision.donor, decision.group))
+            ray.get(self.actors[decision.group].set_hparams.remote(**decision.new[decision.group]))
+            ray.get(self.trainer.publish.remote(self.rollout, [decision.group]))
         else:
             ray.get([self.actors[g].set_hparams.remote(**hp) for g, hp in decision.new.items()])
 
     def save_adapters(self) -> dict[str, str]:
+        """Each live group's adapter in PEFT format under ``adapters/<group>``."""
         import ray
 
         dirs = {g: str(self.run_dir / "adapters" / g) for g in self.live}
-        ray.get([self.actors[g].save_adapter.remote(dirs[g]) for g in dirs])
-        return dirs
-
-
+        return ray.get(self.trainer.save_adapters.remote(dirs))

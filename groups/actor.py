@@ -1,26 +1,24 @@
-"""``GroupActor``: one GRPO group = one LoRA adapter + its optimizer + its env + its reward functions.
+"""``GroupActor``: one GRPO group's identity, env, reward functions, episodes, scoring, advantages and
+hyper-parameters. It loads no model: its adapter and optimizer are its slot in the trainer service.
 
-The coordinator drives every group through the same two calls per step, so that the rollout
-service can generate for all groups in one batch between them:
+The coordinator drives every group through the same calls per step, so that the rollout service
+generates for all groups in one batch and the trainer service updates them all in one fused step:
 
     request = group.begin(step)                    # 1. sample prompts, tokenize
     result  = rollout.generate([request, ...])     # 2. completions + sampler log-probs (all groups)
     request = group.observe(result)["request"]     #    a multi-turn env answers: next turn, or None
     ...                                            #    (a game agent's turns come from the coordinator)
-    row     = group.learn(step)                    # 3-8. rewards -> advantages -> loss -> step -> publish
-
-The trainer holds its own frozen copy of the base (the rollout service holds another); the KL
-reference is that base with the adapter disabled, so no second model is loaded.
+    job     = group.prepare(step)                  # 3-4. rewards -> advantages -> packed batch
+    results = trainer.train([job, ...])            # 5-6. one fused loss/backward, each slot's own step
+    trainer.publish(rollout)                       # 7. every updated adapter in one call
+    row     = group.finish(step, result, ...)      # 8. metrics and sample rows
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.builders import GroupPlan, accuracy_fn, build_env, build_rewards
 from engine.faults import group_fault
@@ -30,6 +28,10 @@ from groups.episodes import Episodes
 from rewards.registry import load_reward
 from rewards.text import completion_text
 
+if TYPE_CHECKING:
+    from engine.trainer.fused import GroupResult
+    from engine.trainer.service import TrainJob
+
 
 def step_seed(seed: int, step: int) -> int:
     """Sampling seed of one group's step, derived from ``(seed, step)`` only (resume-safe)."""
@@ -37,118 +39,45 @@ def step_seed(seed: int, step: int) -> int:
 
 
 class GroupActor:
-    """Used as ``ray.remote(GroupActor)``; also works as a plain object (tests, debugging)."""
+    """Used as ``ray.remote(GroupActor)`` (its ``observe`` needs nothing remote; ``begin``/``prepare``/
+    ``finish`` are plain calls too, which the unit tests use). It holds no model: its adapter and
+    optimizer are its slot in the trainer service."""
 
-    def __init__(self, plan: GroupPlan, model_path: str, rollout: Any, num_threads: int = 1, device: str = "cpu",
-                 dtype: str = "float32", share_prompts: bool = True):
-        """``device``/``dtype``: where the frozen base lives for training (LoRA weights stay float32);
-        ``share_prompts``: one forward of a prompt for all the samples that share it."""
-        import torch
-        from peft import get_peft_model
-
-        from engine.models import load_base, load_tokenizer, peft_lora_config
+    def __init__(self, plan: GroupPlan, model_path: str):
+        """``model_path``: where the tokenizer is (the base model's directory)."""
+        from engine.models import load_tokenizer
 
         for p in plan.extra_sys_path:  # user reward modules named as 'module:function'
             if p not in sys.path:
                 sys.path.append(p)
-        torch.set_num_threads(num_threads)
         self.plan, self.name, self.hp = plan, plan.name, dict(plan.grpo)
-        self.rollout = rollout
         self.game_role = plan.env.get("role")  # a game agent: the coordinator plays the game
         self.env = None if self.game_role is not None else build_env(plan.env, plan.seed, plan.tags)
         self.reward_fns = build_rewards(plan.rewards, plan.tags)
         self.is_correct = accuracy_fn(plan.tags)
         self.is_formatted = load_reward("format_exact", defaults=plan.tags)
         self.tokenizer = load_tokenizer(model_path)
-        torch.manual_seed(plan.seed)  # LoRA A init; B starts at zero, so version 0 == the base
-        self.device, self.share_prompts = device, share_prompts
-        self.model = get_peft_model(load_base(model_path, dtype, device), peft_lora_config(**plan.lora))
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.hp["lr"], betas=tuple(self.hp["adam_betas"]),
-                                           weight_decay=self.hp["weight_decay"])
-        self.version = 0
         self.dropped_prompts = 0 if self.env is None else self.env.drop_prompts(
             lambda row: len(self._prompt_ids(row["prompt"])) <= self.hp["max_prompt_length"])
 
     def startup_report(self) -> dict:
-        """What happened while building this group (rows dropped for over-long prompts), and how its
-        torch computes."""
-        from engine.models import torch_runtime
+        """What happened while building this group (rows dropped for over-long prompts)."""
+        return {"group": self.name, "dropped_prompts": self.dropped_prompts}
 
-        return {"group": self.name, "dropped_prompts": self.dropped_prompts, "runtime": torch_runtime()}
-
-    # --- adapter --------------------------------------------------------------------------------
-
-    def adapter_state(self) -> dict:
-        from peft import get_peft_model_state_dict
-
-        return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(self.model).items()}
-
-    def publish(self) -> float:
-        """Send the current adapter version to the rollout service; returns the seconds it took."""
-        import ray
-
-        t0 = time.perf_counter()
-        ray.get(self.rollout.publish.remote(self.name, self.version, self.adapter_state()))
-        return time.perf_counter() - t0
-
-    def get_state(self) -> dict:
-        """Everything that defines this group's training from here on: adapter, optimizer, RNG, hyper-parameters."""
-        import torch
-
-        return {"adapter": self.adapter_state(), "optimizer": _to_cpu(self.optimizer.state_dict()), "hp": dict(self.hp),
-                "version": self.version, "torch_rng": torch.get_rng_state()}
-
-    def set_state(self, state: dict, hp: dict | None = None, bump_version: bool = False) -> int:
-        """Load a state (own checkpoint, or a donor's for exploit_explore) and publish it; returns the version served."""
-        import copy
-
-        import torch
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.model, state["adapter"])
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self.set_hparams(**(hp or state["hp"]))
-        self.version = self.version + 1 if bump_version else state["version"]
-        if not bump_version:
-            torch.set_rng_state(state["torch_rng"])
-        self.publish()
-        return self.version
+    # --- hyper-parameters (rebalancing reads and changes them; each step sends them to the trainer) ---
 
     def hparams(self) -> dict:
         """The current hyper-parameters (what rebalancing compares and copies)."""
         return dict(self.hp)
 
     def set_hparams(self, **hp) -> dict:
-        """Change hyper-parameters (rebalancing); the learning rate goes into the optimizer too."""
+        """Change hyper-parameters (rebalancing; a checkpoint's on restore). The optimizer's (lr, betas,
+        weight decay, grad clip) reach the group's trainer slot with its next batch."""
         unknown = set(hp) - set(self.hp)
         if unknown:
             raise KeyError(f"unknown hyper-parameters {sorted(unknown)}")
         self.hp.update(hp)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.hp["lr"]
         return dict(self.hp)
-
-    def save_checkpoint(self, path: str) -> str:
-        """``torch.save`` of ``get_state()``, written whole and renamed into place."""
-        import torch
-
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        torch.save(self.get_state(), tmp)
-        os.replace(tmp, target)
-        return path
-
-    def load_checkpoint(self, path: str) -> int:
-        import torch
-
-        return self.set_state(torch.load(path, weights_only=False))
-
-    def save_adapter(self, path: str) -> str:
-        """PEFT format (adapter_config.json + adapter_model.safetensors); loads with PeftModel.from_pretrained."""
-        self.model.save_pretrained(path)
-        return path
 
     # --- episodes: one step or one evaluation ---------------------------------------------------
 
@@ -241,86 +170,50 @@ class GroupActor:
             correct = [math.nan if c is None else c for c in self.is_correct(prompts, completions, **columns)]
         return scored, correct
 
-    def learn(self, step: int, env_rewards: list[float] | None = None, success: list | None = None) -> dict:
-        """Steps 3-8 of GRPO on this step's episodes; returns the metrics row and sample rows.
-        A game agent gets its rewards and the game's success per episode from the coordinator."""
+    def prepare(self, step: int, env_rewards: list[float] | None = None, success: list | None = None) -> TrainJob:
+        """Steps 3-4 on this step's episodes: rewards, group-relative advantages, the packed batch the
+        trainer service takes (with this group's optimizer settings). A game agent gets its rewards and
+        the game's success per episode from the coordinator."""
         import torch
 
-        from engine.grpo import aggregation_weights, clipped_token_loss, completion_logprobs, group_advantages, k3_kl, masked_mean
-        from engine.importance import importance_weights
+        from engine.grpo import group_advantages
+        from engine.trainer.fused import GroupBatch, LossSettings
+        from engine.trainer.service import TrainJob
+        from engine.trainer.slots import SlotHParams
 
-        hp, G, eps = self.hp, self._episodes.n, self._episodes
+        hp, G = self.hp, self._episodes.n
         group_fault(self.name, step)
-        t0 = time.perf_counter()
-        # 3. rewards
+        # 3. rewards (one column per function) and correctness
         scored, correct = self._score(env_rewards, success)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [B]
         # 4. group-relative advantages (over the episodes of one row)
-        advantages = group_advantages(rewards, G, hp["scale_rewards"]).to(self.device)  # [B]
-        # 5. loss on the trainer's own log-probs, clipped against the rollout-time ones; model tokens only.
-        #    With importance-sampling correction (TRL's vllm_importance_sampling_correction) the ratio is
-        #    taken against the trainer's own old log-probs and each token is weighted by
-        #    exp(trainer_old - sampler), capped. Micro-batches add up to the full batch's loss.
-        batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in self._pack().items()}
-        mask, B = batch["mask"], batch["mask"].size(0)  # [B, L]
-        max_len = hp["max_completion_length"] * max(t.turns for t in eps.transcripts)
-        weights = aggregation_weights(hp["loss_type"], mask, max_len)  # [B, L]: loss = sum(token_loss * weights)
-        size = hp["micro_batch_size"] or B
-        chunks = [slice(i, i + size) for i in range(0, B, size)]
+        advantages = group_advantages(rewards, G, hp["scale_rewards"])  # [B]
+        packed = self._pack()  # ids [B, P+L], loss mask [B, L], sampler log-probs [B, L]
+        max_len = hp["max_completion_length"] * max(t.turns for t in self._episodes.transcripts)
+        self._scored = (scored, correct, rewards, advantages, packed["mask"], packed["old_logp"])
+        batch = GroupBatch.from_pack(self.name, packed, advantages, LossSettings.from_grpo(hp, max_len))
+        return TrainJob(batch, SlotHParams.from_grpo(hp))
 
-        def logprobs(sl: slice):  # [b, L]
-            return completion_logprobs(self.model, batch["input_ids"][sl], batch["attention_mask"][sl], batch["P"],
-                                       hp["temperature"], share_prompt=self.share_prompts)
+    def finish(self, step: int, result: GroupResult, train_s: float, publish_s: float) -> dict:
+        """Step 8 after the trainer's update (steps 5-7): this group's metrics row and sample rows."""
+        from engine.grpo import masked_mean
 
-        ref_logp = is_weights = None
-        old = batch["old_logp"]
-        if hp["beta"] > 0:
-            with torch.no_grad(), self.model.disable_adapter():
-                ref_logp = torch.cat([logprobs(sl) for sl in chunks])  # [B, L]
-        if hp["vllm_importance_sampling_correction"]:
-            with torch.no_grad():
-                old = torch.cat([logprobs(sl) for sl in chunks])  # [B, L] trainer's old log-probs
-            is_weights = importance_weights(old, batch["old_logp"], mask, hp["vllm_importance_sampling_mode"],
-                                            hp["vllm_importance_sampling_cap"])  # [B, L] or [B, 1]
-        self.model.train()
-        for _ in range(hp["num_iterations"]):
-            self.optimizer.zero_grad(set_to_none=True)
-            parts = []
-            for sl in chunks:
-                logp = logprobs(sl)
-                token_loss, clipped = clipped_token_loss(logp, old[sl], advantages[sl], hp["epsilon_low"], hp["epsilon_high"])
-                if is_weights is not None:
-                    token_loss = token_loss * is_weights[sl]
-                kl = k3_kl(logp, ref_logp[sl]) if ref_logp is not None else torch.zeros_like(logp)
-                loss = ((token_loss + hp["beta"] * kl) * weights[sl]).sum()
-                loss.backward()
-                parts.append((logp.detach(), clipped, kl.detach(), loss.detach()))
-            # 6. optimizer step on the LoRA parameters only
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, hp["max_grad_norm"]))
-            self.optimizer.step()
-        logp, clipped, kl = (torch.cat([p[i] for p in parts]) for i in range(3))
-        loss = sum(p[3] for p in parts)
-        if self.device == "cuda":  # hand cached activation memory back: the GPU is shared with vLLM and the other groups
-            torch.cuda.empty_cache()
-        self.model.eval()
-        train_s = time.perf_counter() - t0
-        # 7. publish the new adapter version to the rollout service
+        scored, correct, rewards, advantages, mask, sampler_logp = self._scored
+        hp, G, eps = self.hp, self._episodes.n, self._episodes
         served = min(t.adapter_version for t in eps.transcripts)
-        self.version += 1
-        publish_s = self.publish()
-        # 8. metrics row + sample rows
         lengths = [int(sum(t.mask)) for t in eps.transcripts]
         turns = [t.turns for t in eps.transcripts]
+        mismatch = math.nan
+        if result.logp is not None and hp["num_iterations"] == 1:
+            mismatch = masked_mean((result.logp - sampler_logp).abs(), mask)
         metrics = {
             "step": step, "group": self.name, "cohort": self.plan.cohort, "adapter_version": served,
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
             **{f"reward/{k}": _nanmean(v) for k, v in scored.per_function.items()},
             "reward_failures": len(scored.failures), "accuracy": _nanmean(correct),
-            "advantage_abs": float(advantages.abs().mean()), "loss": float(loss.detach()),
-            "kl": masked_mean(kl.detach(), mask), "clip_ratio": masked_mean(clipped, mask),
-            "logprob_mismatch": masked_mean((logp.detach() - batch["old_logp"]).abs(), mask) if hp["num_iterations"] == 1 else math.nan,
-            "is_weight_mean": masked_mean(is_weights.expand_as(mask), mask) if is_weights is not None else math.nan,
-            "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "temperature": hp["temperature"],
+            "advantage_abs": float(advantages.abs().mean()), "loss": result.loss, "kl": result.kl,
+            "clip_ratio": result.clip_ratio, "logprob_mismatch": mismatch, "is_weight_mean": result.is_weight_mean,
+            "grad_norm": result.grad_norm, "lr": hp["lr"], "temperature": hp["temperature"],
             "beta": hp["beta"], "prompts_per_step": len(eps.rows),
             "completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
             "turns_mean": sum(turns) / len(turns),
@@ -334,7 +227,8 @@ class GroupActor:
             "correct": correct[i], "advantage": float(advantages[i]), "finish_reason": t.finish_reason,
             "completion_tokens": lengths[i], "turns": t.turns, "adapter_version": t.adapter_version,
         } for i, t in enumerate(eps.transcripts)]
-        return {"metrics": metrics, "samples": samples, "failures": scored.failures}
+        return {"metrics": metrics, "samples": samples, "failures": scored.failures,
+                "skipped": result.reason if result.skipped else None}
 
     def _sample_text(self, t) -> dict:
         """Prompt and completion as text; a multi-turn completion keeps its turn markers."""
@@ -381,17 +275,3 @@ def _nanmean(values: list[float]) -> float:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return sum(vals) / len(vals) if vals else math.nan
 
-
-def _to_cpu(obj):
-    """A (nested) state dict with every tensor on the CPU: checkpoints and donor states cross processes."""
-    if hasattr(obj, "detach"):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def default_threads(num_groups: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, num_groups))

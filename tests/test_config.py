@@ -47,6 +47,8 @@ groups:
     (BASE + "    env: {type: dataset}\n", "groups.0.env.dataset.path", "Field required"),
     (BASE + "    env: {type: nosuch}\n", "groups.0.env", "arithmetic, dataset, medical"),
     ("groups: []\n", "groups", "at least 1"),
+    (BASE + "    grpo: {micro_batch_size: 4}\n", "groups.0.grpo", "training.micro_batch_tokens"),
+    (BASE + "training: {num_gpus_per_group: 0.1}\n", "training", "training.num_gpus"),
 ])
 def test_bad_config_names_the_field(tmp_path, text, field, words):
     with pytest.raises(ConfigError) as e:

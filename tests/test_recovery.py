@@ -63,3 +63,33 @@ def test_group_that_keeps_failing_is_marked_failed(tmp_path, tiny_model_path):
     assert "injected fault" in b["detail"].iloc[-1]
     board = pd.read_parquet(run_dir / "leaderboard.parquet").set_index("group")
     assert board.loc["b", "status"] == "failed" and board.loc["b", "rank"] == 2 and board.loc["a", "status"] == "ok"
+
+
+def test_killed_trainer_is_restarted_with_every_slot_and_the_run_equals_an_undisturbed_one(tmp_path, tiny_model_path):
+    """The trainer service holds every group's adapter: killed after step 2, it restarts from the step-2
+    checkpoint with all its slots, step 3 is redone, and the run ends as an undisturbed run does."""
+    import ray
+
+    from engine.coordinator import run
+    from engine.loading import load_config
+
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    cfg, config_dir = load_config(tmp_path / "c.yaml")
+    straight = run(cfg, config_dir, tmp_path / "straight", log=lambda m: None)
+    run_dir = tmp_path / "run"
+    killed = []
+
+    def kill_trainer_after_step_2(row: dict) -> None:
+        if row["step"] == 2 and not killed:
+            ray.kill(ray.get_actor(f"lorapop-trainer:{run_dir.name}", namespace="lorapop"), no_restart=True)
+            killed.append(row["step"])
+
+    summary = run(cfg, config_dir, run_dir, on_step=kill_trainer_after_step_2, log=lambda m: None)
+    assert killed == [2] and summary.failed_groups == [] and straight.failed_groups == []
+    events = pd.read_parquet(run_dir / "events")
+    (restart,) = events[events.kind == "restart"].itertuples()
+    assert restart.group == "trainer" and restart.step == 3 and "checkpoint step 2" in restart.detail
+    cols = ["step", "group", "reward", "loss", "grad_norm", "adapter_version"]
+    a = pd.read_parquet(run_dir / "steps")[cols].sort_values(["step", "group"]).reset_index(drop=True)
+    b = pd.read_parquet(tmp_path / "straight" / "steps")[cols].sort_values(["step", "group"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)

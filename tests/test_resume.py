@@ -85,5 +85,5 @@ def test_resume_refuses_what_is_not_a_run(tmp_path):
 
 def test_no_sigkill_leaves_ray_running(config):
     # sanity for the suite: the killed runs' Ray processes are gone or going (no lorapop actor survives)
-    alive = [p for p in os.popen("ps -eo args").read().splitlines() if "ray::GroupActor" in p or "ray::HFRollout" in p]
+    alive = [p for p in os.popen("ps -eo args").read().splitlines() if "ray::GroupActor" in p or "ray::HFRollout" in p or "ray::TrainerService" in p]
     assert alive == [] or all("defunct" in p for p in alive)

@@ -46,6 +46,10 @@ class HFRollout:
         self.versions[group] = version
         return version
 
+    def publish_many(self, adapters: dict[str, tuple[int, dict]]) -> dict[str, int]:
+        """``publish`` of several groups in one call: ``{group: (version, state_dict)}``."""
+        return {g: self.publish(g, version, state) for g, (version, state) in adapters.items()}
+
     def runtime(self) -> str:
         from engine.models import torch_runtime
 

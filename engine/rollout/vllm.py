@@ -202,6 +202,11 @@ class VLLMRollout:
                       peft_type="LORA", task_type="CAUSAL_LM")
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
 
+    def publish_many(self, adapters: dict[str, tuple[int, dict]]) -> dict[str, int]:
+        """``publish`` of several groups in one call: ``{group: (version, state_dict)}`` (one after another
+        in this actor; writing the files in parallel is left for later)."""
+        return {g: self.publish(g, version, state) for g, (version, state) in adapters.items()}
+
     def runtime(self) -> str:
         from engine.models import torch_runtime
 

@@ -1,0 +1,207 @@
+"""Many LoRA adapters on one frozen base: each row of a batch goes through its own slot's low-rank path.
+
+``MultiLoRALinear`` replaces a targeted ``nn.Linear``: the base projection runs once for every row,
+then each slot present in the batch adds ``x @ A^T @ B^T * alpha / r`` on its own rows only (a slice
+when its rows are contiguous, an index otherwise; rows routed to -1 get the base alone, which is the
+KL reference). Which rows belong to which slot is a ``Routing`` object owned by one
+``MultiLoRAModel`` and read by its layers: set it with ``with model.route(rows): model(...)``.
+
+Reference designs: prime-rl's ``MultiLoRALinear`` (per-adapter row segments; here the offsets live in
+the model's routing object, not a module global), SkyRL tx's LoRA layer. A loop over the slots
+present, not ``torch._grouped_mm``: ranks and targets may differ per slot.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.trainer.slots import LoraSpec, Slot, SlotHParams, new_slot
+
+Rows = slice | torch.Tensor  # the rows of one slot: a contiguous slice, or an index tensor
+
+
+@dataclass
+class Routing:
+    """Per-row slots of the forward in flight; one per ``MultiLoRAModel``, shared by its layers."""
+
+    batch: int | None = None
+    """Rows the forward must have (a check); None: no routing set, every row is the base."""
+    segments: list[tuple[int, Rows]] = field(default_factory=list)
+    """``(slot id, its rows)`` for every slot present."""
+
+
+def row_segments(rows: torch.Tensor, device: torch.device | str | None = None) -> list[tuple[int, Rows]]:
+    """``(slot id, rows)`` for each slot id >= 0 in ``rows`` [B], in order of first appearance: a slice
+    where that slot's rows are contiguous (no gather), else an index tensor (on ``device``).
+
+    >>> row_segments(torch.tensor([0, 0, -1, 2, 2]))
+    [(0, slice(0, 2, None)), (2, slice(3, 5, None))]
+    >>> row_segments(torch.tensor([1, 0, 1]))
+    [(1, tensor([0, 2])), (0, slice(1, 2, None))]
+    """
+    where: dict[int, list[int]] = {}
+    for i, sid in enumerate(rows.tolist()):
+        if sid >= 0:
+            where.setdefault(sid, []).append(i)
+    return [(sid, slice(idx[0], idx[-1] + 1) if idx[-1] - idx[0] + 1 == len(idx)
+             else torch.tensor(idx, device=device)) for sid, idx in where.items()]
+
+
+class MultiLoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus per-slot ``lora_A[sid]`` [r, in] and ``lora_B[sid]`` [out, r] (float32)."""
+
+    def __init__(self, base_layer: nn.Linear, routing: Routing):
+        super().__init__()
+        self.base_layer = base_layer
+        self.routing = routing  # a plain attribute: the model's routing object, not a submodule
+        self.lora_A = nn.ParameterDict()  # str(sid) -> [r, in]
+        self.lora_B = nn.ParameterDict()  # str(sid) -> [out, r]
+        self.scaling: dict[int, float] = {}
+
+    def add(self, sid: int, a: nn.Parameter, b: nn.Parameter, scale: float) -> None:
+        self.lora_A[str(sid)], self.lora_B[str(sid)], self.scaling[sid] = a, b, scale
+
+    def remove(self, sid: int) -> None:
+        del self.lora_A[str(sid)], self.lora_B[str(sid)], self.scaling[sid]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T, in] -> [B, T, out]
+        y = self.base_layer(x)  # the base once, for every row
+        r = self.routing
+        if r.batch is None:
+            return y
+        if x.size(0) != r.batch:
+            raise RuntimeError(f"routing is set for {r.batch} rows, the forward has {x.size(0)}")
+        for sid, rows in r.segments:
+            if sid not in self.scaling:  # this slot does not target this module
+                continue
+            a, b = self.lora_A[str(sid)], self.lora_B[str(sid)]
+            xs = x[rows].to(a.dtype)  # [b, T, in]; float32 LoRA path on a bf16 base, as PEFT
+            y[rows] = (y[rows] + F.linear(F.linear(xs, a), b) * self.scaling[sid]).to(y.dtype)
+        return y
+
+
+def peft_targets(module_names: list[str], all_linear: set[str], cfg: Any, model_type: str | None = None) -> list[str]:
+    """The module names (in ``module_names`` order) that PEFT's ``get_peft_model`` targets for the
+    ``peft.LoraConfig`` ``cfg``, by PEFT's own matching (``check_target_module_exists``: suffixes,
+    regexes, ``exclude_modules``, ``layers_to_transform``). ``all_linear`` is what PEFT expands
+    ``"all-linear"`` to on this model (``_maybe_include_all_linear_layers``, LM head excluded)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    cfg = copy.deepcopy(cfg)
+    if cfg.target_modules is None:  # PEFT's per-architecture default
+        cfg.target_modules = set(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+    if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear":
+        cfg.target_modules = set(all_linear)
+    return [n for n in module_names if n and check_target_module_exists(cfg, n)]  # an excluded module is falsy
+
+
+class MultiLoRAModel(nn.Module):
+    """One frozen base causal LM and any number of slots; ``model(**kwargs)`` is the base's forward.
+
+    Outside ``route`` every row is the base. Slots are added where PEFT would put them; the base's
+    parameters are never copied, whatever the number of slots. The base stays in eval mode (the
+    fused trainer implements no dropout).
+    """
+
+    def __init__(self, base: nn.Module):
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+        super().__init__()
+        base.eval()
+        base.requires_grad_(False)
+        self.base = base
+        self.routing = Routing()
+        self.slots: dict[str, Slot] = {}
+        self._layers: dict[str, MultiLoRALinear] = {}  # module name -> installed layer
+        self._names = [n for n, _ in base.named_modules()]  # before any install: the names PEFT matches
+        probe = LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM")
+        self._all_linear = set(_maybe_include_all_linear_layers(probe, base).target_modules)
+        self._next_sid = 0
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.base(**kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the base lives (and the slots, and the batches the fused step builds)."""
+        return next(self.base.parameters()).device
+
+    def train(self, mode: bool = True) -> "MultiLoRAModel":
+        """No-op: the base stays in eval mode (dropout would make fused and separate runs differ)."""
+        return self
+
+    @contextmanager
+    def route(self, rows: torch.Tensor) -> Iterator[None]:
+        """Run the forwards inside with row ``i`` through slot id ``rows[i]`` (-1: the base) [B]."""
+        known = {s.sid for s in self.slots.values()}
+        unknown = set(rows.tolist()) - known - {-1}
+        if unknown:
+            raise KeyError(f"no slot with id {sorted(unknown)}")
+        self.routing.batch, self.routing.segments = int(rows.numel()), row_segments(rows, self.device)
+        try:
+            yield
+        finally:
+            self.routing.batch, self.routing.segments = None, []
+
+    def slot_ids(self, names: list[str | None]) -> torch.Tensor:
+        """[len(names)] slot ids of the named slots (None -> -1, the base) for ``route``."""
+        return torch.tensor([-1 if n is None else self.slots[n].sid for n in names])
+
+    def targets(self, spec: LoraSpec) -> list[str]:
+        """Module names a slot of this ``spec`` targets: exactly PEFT's for the same ``LoraConfig``."""
+        names = peft_targets(self._names, self._all_linear, spec.peft_config(),
+                             getattr(getattr(self.base, "config", None), "model_type", None))
+        for n in names:
+            if not isinstance(self._linear(n), nn.Linear):
+                raise ValueError(f"target {n!r} is a {type(self._linear(n)).__name__}; only nn.Linear is supported")
+        if not names:
+            raise ValueError(f"target_modules {spec.target_modules!r} match no module of the base model")
+        return names
+
+    def add_slot(self, name: str, lora: LoraSpec | Mapping[str, Any], seed: int,
+                 hparams: SlotHParams | Mapping[str, Any]) -> Slot:
+        """A new slot initialised as ``torch.manual_seed(seed); get_peft_model(base, cfg)`` (B = 0:
+        version 0 is the base), with its own AdamW. ``lora``: r, alpha, dropout (0), target_modules."""
+        if name in self.slots:
+            raise ValueError(f"slot {name!r} exists")
+        spec = lora if isinstance(lora, LoraSpec) else LoraSpec(**lora)
+        hp = hparams if isinstance(hparams, SlotHParams) else SlotHParams(**hparams)
+        if spec.dropout:
+            raise ValueError("LoRA dropout is not implemented by the fused trainer: set lora.dropout to 0")
+        modules = self.targets(spec)
+        shapes = [(n, self._linear(n).in_features, self._linear(n).out_features) for n in modules]
+        slot = new_slot(name, self._next_sid, spec, shapes, seed, hp, self._linear(modules[0]).weight.device)
+        self._next_sid += 1
+        for n, a, b in zip(modules, slot.lora_A, slot.lora_B):
+            self._install(n).add(slot.sid, a, b, slot.scale)
+        self.slots[name] = slot
+        return slot
+
+    def remove_slot(self, name: str) -> None:
+        """Drop a slot; a layer left without slots is replaced by its plain base ``nn.Linear`` again."""
+        slot = self.slots.pop(name)
+        for n in slot.modules:
+            layer = self._layers[n]
+            layer.remove(slot.sid)
+            if not layer.scaling:
+                self.base.set_submodule(n, layer.base_layer)
+                del self._layers[n]
+
+    def _linear(self, name: str) -> nn.Module:
+        """The base module originally at ``name`` (the wrapped ``nn.Linear`` where a layer is installed)."""
+        return self._layers[name].base_layer if name in self._layers else self.base.get_submodule(name)
+
+    def _install(self, name: str) -> MultiLoRALinear:
+        if name not in self._layers:
+            self._layers[name] = MultiLoRALinear(self.base.get_submodule(name), self.routing)
+            self.base.set_submodule(name, self._layers[name])
+        return self._layers[name]

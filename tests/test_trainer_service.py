@@ -1,0 +1,57 @@
+"""The trainer service as the engine builds it: the base once whatever the number of groups, group
+actors with no model, slots that start as the base and publish in PEFT keys."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.builders import group_plans
+from engine.loading import load_config
+from engine.trainer.service import SlotSpec, TrainerService
+from engine.trainer.slots import SlotHParams
+
+CONFIG = """
+base_model: {model}
+grpo: {{lr: 0.001}}
+groups:
+  - {{name: g, num_groups: 4}}
+  - {{name: small, lora: {{r: 4, target_modules: [q_proj, v_proj]}}}}
+"""
+
+
+def _plans(tmp_path, model):
+    (tmp_path / "c.yaml").write_text(CONFIG.format(model=model))
+    cfg, config_dir = load_config(tmp_path / "c.yaml")
+    return group_plans(cfg, config_dir)
+
+
+def _specs(plans):
+    return {p.name: SlotSpec(dict(p.lora), p.seed, SlotHParams.from_grpo(p.grpo)) for p in plans}
+
+
+def test_the_trainer_holds_one_base_whatever_the_number_of_groups(tmp_path, tiny_model_path):
+    torch.set_num_threads(1)
+    plans = _plans(tmp_path, tiny_model_path)
+    one, five = TrainerService(tiny_model_path, _specs(plans[:1])), TrainerService(tiny_model_path, _specs(plans))
+    assert one.base_storages() == five.base_storages() > 0
+    base = sum(p.numel() for p in one.model.base.parameters() if not p.requires_grad)
+    assert base == sum(p.numel() for p in five.model.base.parameters() if not p.requires_grad)
+    adapter = [sum(p.numel() for p in s.params) for s in five.model.slots.values()]
+    assert adapter[:4] == [adapter[0]] * 4 and adapter[4] < adapter[0]  # r 4 on q/v only: a smaller slot
+    # slots start as the base (B = 0), each from its own seed, and publish in PEFT's keys
+    states = {g: five.adapter_state(g) for g in five.model.slots}
+    assert all(k.startswith("base_model.model.") and ".lora_" in k for k in states["g-0"])
+    assert all(torch.equal(v, torch.zeros_like(v)) for k, v in states["g-1"].items() if "lora_B" in k)
+    a0 = next(v for k, v in states["g-0"].items() if "lora_A" in k)
+    a1 = next(v for k, v in states["g-1"].items() if "lora_A" in k)
+    assert not torch.equal(a0, a1)
+
+
+def test_group_actors_load_no_model(tmp_path, tiny_model_path):
+    from groups.actor import GroupActor
+
+    plans = _plans(tmp_path, tiny_model_path)
+    actor = GroupActor(plans[0], tiny_model_path)
+    assert not any(isinstance(v, torch.nn.Module) or isinstance(v, torch.Tensor) for v in vars(actor).values())
+    request = actor.begin(1)
+    assert request is not None and request.group == "g-0"
