@@ -170,7 +170,8 @@ def lorapop_config(args, device: str, vllm: bool) -> dict:
         grpo["vllm_importance_sampling_correction"] = True
     return {
         "seed": args.seed, "steps": args.steps, "base_model": args.model,
-        "backend": "auto" if device == "cuda" else "hf", "training": {"device": device},
+        "backend": "auto" if device == "cuda" else "hf",
+        "training": {"device": device, **({"micro_batch_tokens": 16384} if device == "cuda" else {})},  # as configs/gpu.yaml
         "eval_prompts": 0, "samples_per_step": 0,
         "grpo": grpo, "lora": {"r": args.r, "alpha": args.alpha, "target_modules": "all-linear"},
         "population": {"strategy": "none"}, **({"ray": {"torch_threads": args.threads}} if args.threads else {}),
