@@ -17,6 +17,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _refuse_moved(data: Any, key: str, where: str) -> Any:
+    """A field that no longer exists gets a message saying where it went, not just "unknown key"."""
+    if isinstance(data, dict) and key in data:
+        raise ValueError(f"{key}: {where}")
+    return data
+
+
 class TagFormat(_Strict):
     """The answer format a group's prompts ask for and its built-in rewards check."""
 
@@ -32,10 +39,8 @@ class GRPOConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "micro_batch_size" in data:
-            raise ValueError("micro_batch_size: moved to training.micro_batch_tokens (one trainer packs every "
-                             "group's rows into micro-batches by tokens)")
-        return data
+        return _refuse_moved(data, "micro_batch_size", "moved to training.micro_batch_tokens (one trainer packs "
+                             "every group's rows into micro-batches by tokens)")
 
     prompts_per_step: int = Field(4, ge=1, description="Prompts sampled from the env per step.")
     group_size: int = Field(8, ge=2, description="Completions per prompt (G); advantages are relative within these.")
@@ -247,10 +252,8 @@ class TrainingConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "num_gpus_per_group" in data:
-            raise ValueError("num_gpus_per_group: group actors hold no model any more; the trainer service's "
-                             "GPU share is training.num_gpus")
-        return data
+        return _refuse_moved(data, "num_gpus_per_group", "group actors hold no model any more; the trainer "
+                             "service's GPU share is training.num_gpus")
 
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Trainer device: auto = cuda where available.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Trainer weights dtype: auto = bfloat16 on cuda, float32 on cpu (LoRA weights and Adam state stay float32).")
