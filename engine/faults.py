@@ -5,7 +5,7 @@
     kill:rollout:3        SIGKILL this process while step 3's rollouts are in flight
     kill:parquet:3        SIGKILL after a step-3 part file's bytes are written, before it is renamed into place
     kill:checkpoint:3     SIGKILL after step 3's group checkpoints are written, before LATEST points at them
-    raise:<group>:*       the group's learn() raises at every step (a group that keeps failing)
+    raise:<group>:*       the group's prepare() (rewards, advantages) raises at every step (a group that keeps failing)
 
 Unset (the normal case), every call is a no-op.
 """

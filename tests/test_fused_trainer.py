@@ -1,6 +1,6 @@
 """The fused multi-LoRA trainer (engine/trainer) against the per-group PEFT training it replaces.
 
-Every number is compared with ``GroupActor.learn``'s way today: ``get_peft_model`` on the group's own
+Every number is compared with how a group trained alone before the fused trainer (``GroupActor.learn``): ``get_peft_model`` on the group's own
 copy of the base (``torch.manual_seed(seed)`` init), AdamW, ``clip_grad_norm_``, on the same data.
 A small random Llama built here (no files, no network); one thread.
 
@@ -101,7 +101,7 @@ def fused_model(base, specs: list[Spec]) -> MultiLoRAModel:
     return model
 
 
-# --- the reference: GroupActor.learn's loss/step with a PEFT model (groups/actor.py) --------------
+# --- the reference: a group alone, as the former GroupActor.learn did it, with a PEFT model -------
 
 @dataclass
 class Reference:

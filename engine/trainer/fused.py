@@ -3,7 +3,7 @@ through its own group's slot, and each group's loss is exactly the one it would 
 
     results = fused_grpo_step(model, [GroupBatch(...), ...], token_budget=4096)
 
-Per step, in order (numbered as in ``GroupActor.learn``):
+Per step, in order (numbered as the step in ``groups/actor.py``'s docstring):
   5a. no-grad pre-pass: the KL reference log-probs (rows routed to -1, the base) of groups with
       ``beta > 0``, the trainer's old log-probs (rows on their slot) of groups with importance-sampling
       correction, and the IS weights from them;
@@ -100,7 +100,7 @@ class GroupBatch:
 
 @dataclass
 class GroupResult:
-    """What one group's update did (the metrics ``GroupActor.learn`` logs)."""
+    """What one group's update did (the trainer's part of its metrics row, ``GroupActor.finish``)."""
 
     slot: str
     skipped: bool = False
@@ -306,7 +306,7 @@ def _targets(model, batches, slots, live, token_budget, share_prompt) -> dict[in
 
 
 def _group_loss(b: GroupBatch, t: _Targets, logp: torch.Tensor, rows: slice, log: _PassLog) -> torch.Tensor:
-    """The weighted sum of one group's token losses on its ``rows``, as ``GroupActor.learn`` computes it;
+    """The weighted sum of one group's token losses on its ``rows``, as a group training alone computes it;
     ``logp`` [n, L] are those rows' log-probs in the micro-batch (L >= the group's L_g)."""
     logp = logp[:, :b.mask.size(1)]  # [n, L_g]
     tok, clipped = clipped_token_loss(logp, t.old[rows], b.advantages[rows], b.loss.epsilon_low, b.loss.epsilon_high)
