@@ -9,7 +9,6 @@ Checkpoints hold each slot's adapter, optimizer state, version and its group's h
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -57,7 +56,6 @@ class TrainerService:
         for name, spec in slots.items():
             self.model.add_slot(name, spec.lora, spec.seed, spec.hparams)
         self.versions = {name: 0 for name in slots}
-        self.hps: dict[str, dict] = {}  # each group's hyper-parameters as of its last checkpoint load
 
     def runtime(self) -> str:
         from engine.models import torch_runtime
@@ -173,8 +171,3 @@ class TrainerService:
             save_slot(self.model.slots[g], path, self.model_path)
         return dirs
 
-
-def metrics_of(result: GroupResult) -> dict[str, float]:
-    """The trainer's part of a group's ``steps/`` row."""
-    return {"loss": result.loss, "kl": result.kl, "clip_ratio": result.clip_ratio, "grad_norm": result.grad_norm,
-            "is_weight_mean": result.is_weight_mean if result.is_weight_mean is not None else math.nan}
