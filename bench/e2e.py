@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,9 @@ def parse_args() -> argparse.Namespace:
                     help="torch CPU threads of each model process (lorapop: ray.torch_threads); default every core")
     ap.add_argument("--out", default="bench/e2e.json")
     ap.add_argument("--only", choices=("lorapop", "trl"), default=None)
+    ap.add_argument("--trl-runs", type=int, default=None,
+                    help="TRL runs actually made (default: one per group); the N runs' sums are then N x their "
+                         "mean (the runs are alike: same settings, other seeds), said in the table")
     ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)  # internal: one TRL run, JSON spec
     return ap.parse_args()
 
@@ -171,7 +175,7 @@ def lorapop_config(args, device: str, vllm: bool) -> dict:
     return {
         "seed": args.seed, "steps": args.steps, "base_model": args.model,
         "backend": "auto" if device == "cuda" else "hf",
-        "training": {"device": device, **({"micro_batch_tokens": 16384} if device == "cuda" else {})},  # as configs/gpu.yaml
+        "training": {"device": device},  # micro_batch_tokens auto: 8192 on cuda, one pass on the cpu
         "eval_prompts": 0, "samples_per_step": 0,
         "grpo": grpo, "lora": {"r": args.r, "alpha": args.alpha, "target_modules": "all-linear"},
         "population": {"strategy": "none"}, **({"ray": {"torch_threads": args.threads}} if args.threads else {}),
@@ -189,6 +193,7 @@ def run_lorapop(args, device: str, vllm: bool, tmp: Path) -> dict:
     run_dir = tmp / "lorapop-run"
     cmd = [sys.executable, "-m", "engine.cli", "run", str(cfg), "--run-dir", str(run_dir), "-q"]
     t = timed_run(cmd, tmp / "lorapop.log", device == "cuda")
+    shutil.copy(tmp / "lorapop.log", Path(args.out).with_suffix(f".lorapop-{args.groups}.log"))  # kept for reading
     # a steps/ part is written once per step (after all groups' updates); events/part-000000 once the
     # services and actors are up, before step 1
     ends = [p.stat().st_mtime for p in sorted((run_dir / "steps").glob("part-*.parquet"))]
@@ -244,7 +249,8 @@ def trl_worker(spec: dict) -> None:
         learning_rate=spec["lr"], lr_scheduler_type="constant", adam_beta1=0.9, adam_beta2=0.99,  # lorapop's AdamW
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, loss_type="dapo", scale_rewards="group",
         epsilon=0.2, num_iterations=1, shuffle_dataset=False,
-        gradient_checkpointing=False,  # TRL defaults to True (transformers 5.24 renames it activation_checkpointing)
+        # as lorapop's training.gradient_checkpointing auto: on for cuda (TRL's own default), off on the cpu
+        gradient_checkpointing=cuda, gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
         use_cpu=not cuda, bf16=cuda, model_init_kwargs={"dtype": "bfloat16" if cuda else "float32"},
         use_vllm=vllm, vllm_mode="colocate", vllm_importance_sampling_correction=vllm,
@@ -267,7 +273,7 @@ def run_trl(args, device: str, vllm: bool, model_path: str, tmp: Path) -> dict:
 
     rollout = RolloutConfig()
     runs = []
-    for k in range(args.groups):
+    for k in range(min(args.trl_runs or args.groups, args.groups)):
         spec = {"seed": args.seed + k,  # lorapop's replica k of the cohort: run seed + k
                 "steps": args.steps, "prompts": args.prompts, "generations": args.generations,
                 "max_completion": args.max_completion, "lr": args.lr, "r": args.r, "alpha": args.alpha,
@@ -290,8 +296,10 @@ def run_trl(args, device: str, vllm: bool, model_path: str, tmp: Path) -> dict:
         print(f"  TRL run {k + 1}/{args.groups}: {t['wall_s']:.1f}s", flush=True)
     memory = {key: max(r["memory"][key] for r in runs) for key in runs[0]["memory"]}
     curves = [r["reward_curve"] for r in runs]
-    return {"wall_s": sum(r["wall_s"] for r in runs), "first_step_s": runs[0]["first_step_s"],
-            "startup_s": runs[0]["startup_s"], "steady_step_s": sum(r["steady_step_s"] for r in runs),
+    scale = args.groups / len(runs)  # 1 unless --trl-runs made fewer runs than groups
+    return {"wall_s": scale * sum(r["wall_s"] for r in runs), "first_step_s": runs[0]["first_step_s"],
+            "startup_s": runs[0]["startup_s"], "steady_step_s": scale * sum(r["steady_step_s"] for r in runs),
+            "runs_made": len(runs), "extrapolated": scale != 1,
             "memory": memory, "final_reward": statistics.fmean(r["final_reward"] for r in runs),
             "reward_curve": [statistics.fmean(c[i] for c in curves) for i in range(min(map(len, curves)))],
             "runs": runs}
@@ -348,7 +356,9 @@ def print_table(result: dict) -> None:
                         f"samples, <= {s['max_completion']} tokens; {result['device']} ({result['device_name']})")
     table.add_column("")
     table.add_column("lorapop (1 run)", justify="right")
-    table.add_column(f"TRL ({s['groups']} runs)", justify="right")
+    made = trl.get("runs_made", s["groups"]) if trl else s["groups"]
+    table.add_column(f"TRL ({s['groups']} runs)" if made == s["groups"] else
+                     f"TRL ({s['groups']} runs: {s['groups']} x the mean of {made})", justify="right")
     table.add_column("TRL / lorapop", justify="right")
 
     def row(label: str, key, fmt: str, ratio: bool = True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -258,8 +258,17 @@ class TrainingConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Trainer device: auto = cuda where available.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Trainer weights dtype: auto = bfloat16 on cuda, float32 on cpu (LoRA weights and Adam state stay float32).")
     num_gpus: float = Field(0.5, ge=0, description="Ray GPU resource of the trainer service on cuda (fractional: it shares the GPU with the rollout service).")
-    micro_batch_tokens: int = Field(0, ge=0, description="Tokens (rows x padded length) per forward/backward pass of the fused trainer; micro-batches mix groups and add up to each group's full-batch loss. 0: every group's rows in one pass.")
+    micro_batch_tokens: Union[Literal["auto"], int] = Field("auto", description="Tokens (rows x padded length) per forward/backward pass of the fused trainer; micro-batches mix groups and add up to each group's full-batch loss, so activation memory stays that of one micro-batch whatever the number of groups. 0: every group's rows in one pass. auto = 32768 on cuda (with gradient_checkpointing), 0 on cpu.")
+    gradient_checkpointing: Union[Literal["auto"], bool] = Field("auto", description="Recompute each decoder layer in the backward instead of keeping its activations (transformers' activation checkpointing, TRL's default): more rows per pass in the same memory, about one more forward of compute. auto = true on cuda, false on cpu. Turns share_prompts off.")
     share_prompts: Union[Literal["auto"], bool] = Field("auto", description="Compute a prompt once for all the group_size samples that share it, in the trainer's forward and backward (same log-probs and gradients): auto = true for a cpu trainer (3.4x measured), false on cuda (slower there at 200-token prompts: one more forward's launches; bench/RESULTS.md).")
+
+
+    @field_validator("micro_batch_tokens")
+    @classmethod
+    def _non_negative(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 'auto' or a token count >= 0 (0: one pass)")
+        return v
 
 
 class RayConfig(_Strict):

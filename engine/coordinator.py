@@ -88,14 +88,21 @@ def resolve_backend(backend: str) -> str:
 
 
 def resolve_training(training: dict) -> dict:
-    """Trainer device, dtype and prompt sharing with ``auto`` resolved: cuda + bfloat16 where CUDA is
-    available; prompts shared on the cpu."""
+    """Trainer device, dtype, prompt sharing, activation checkpointing and micro-batch size with ``auto``
+    resolved: cuda + bfloat16 where CUDA is available; on cuda activation checkpointing and micro-batches
+    of 32768 tokens (several groups per pass, the memory beside vLLM bounded whatever the number of
+    groups); on the cpu prompts shared and one pass."""
     import torch
 
     device = training["device"] if training["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = training["dtype"] if training["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
     share = device == "cpu" if training["share_prompts"] == "auto" else bool(training["share_prompts"])
-    return {**training, "device": device, "dtype": dtype, "share_prompts": share}
+    ckpt = device == "cuda" if training["gradient_checkpointing"] == "auto" else bool(training["gradient_checkpointing"])
+    share = share and not ckpt
+    tokens = training["micro_batch_tokens"]
+    tokens = (32768 if device == "cuda" else 0) if tokens == "auto" else tokens
+    return {**training, "device": device, "dtype": dtype, "share_prompts": share, "micro_batch_tokens": tokens,
+            "gradient_checkpointing": ckpt}
 
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -176,9 +183,12 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
         population.failed = list(state.get("failed", []))
         population.restarts.update(state.get("restarts", {}))
         writer.write_part("events", population.start(start or None), 0)  # start-up events are step 0
+        pending: dict | None = None  # coordinator state of the checkpoint being written
         for step in range(start + 1, cfg.steps + 1):
-            # 1. every live group's GRPO step (rollouts batched across groups)
+            # 1. every live group's GRPO step (rollouts batched across groups), while the last
+            # checkpoint's files are written; it counts (LATEST) once they are complete
             outs, events = population.step(step)
+            pending = _commit_written(population, pending, run_dir, pop_cfg.keep_checkpoints)
             metrics = [o["metrics"] for o in outs]
             samples = [s for o in outs for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])]
             events += [event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
@@ -200,11 +210,11 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             writer.write_part("events", events, step)
             if step % pop_cfg.checkpoint_interval == 0 or step == cfg.steps:
                 population.save_checkpoints(step)
-                commit_checkpoint(run_dir, step, {"step": step, "failed": population.failed,
-                                                  "restarts": population.restarts}, pop_cfg.keep_checkpoints)
+                pending = {"step": step, "failed": list(population.failed), "restarts": dict(population.restarts)}
             for m in metrics:
                 if on_step:
                     on_step(m)
+        _commit_written(population, pending, run_dir, pop_cfg.keep_checkpoints)
         adapter_dirs = population.save_adapters()
         board = leaderboard(pd.DataFrame(history), pd.DataFrame(evals), cohorts, adapter_dirs, population.failed,
                             pop_cfg.score_metric, pop_cfg.score_window)
@@ -215,6 +225,16 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
 
             ray.shutdown()
     return RunSummary(run_dir=run_dir, leaderboard=board, seconds=time.time() - t_start, failed_groups=population.failed)
+
+
+def _commit_written(population, pending: dict | None, run_dir: Path, keep: int) -> None:
+    """Commit the checkpoint being written (``pending``: its coordinator state) once its files are
+    complete; a checkpoint lost with a dead trainer is not committed (the next one will be)."""
+    if pending is not None:
+        population.checkpoint_written()  # (recovery may have waited for it already)
+        if population.checkpoint_step == pending["step"]:
+            commit_checkpoint(run_dir, pending["step"], pending, keep)
+    return None
 
 
 def _rebalance(population, step: int, cfg: RunConfig, cohorts: dict[str, str], history: list[dict],

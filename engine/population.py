@@ -40,7 +40,8 @@ class Population:
                  log: Callable[[str], None] = print, backend: str = "hf", rollout: dict | None = None,
                  training: dict | None = None, torch_threads: int | None = None):
         """``rollout``: the vllm engine's settings (``RolloutConfig``); ``training``: the trainer's
-        ``{"device", "dtype", "num_gpus", "share_prompts", "micro_batch_tokens"}`` with auto resolved;
+        ``{"device", "dtype", "num_gpus", "share_prompts", "micro_batch_tokens", "gradient_checkpointing"}``
+        with auto resolved;
         ``torch_threads``: CPU threads of each service that runs the model (None: every core; the
         rollout and the trainer take turns)."""
         import ray
@@ -48,12 +49,13 @@ class Population:
         self.plans = {p.name: p for p in plans}
         self.model_path, self.run_dir, self.max_restarts, self.log = model_path, Path(run_dir), max_restarts, log
         self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus": 0.0, "share_prompts": True,
-                                     "micro_batch_tokens": 0}
+                                     "micro_batch_tokens": 0, "gradient_checkpointing": False}
         self.threads = torch_threads
         self.restarts = {p.name: 0 for p in plans}
         self.trainer_restarts = 0
         self.failed: list[str] = []
-        self.checkpoint_step: int | None = None
+        self.checkpoint_step: int | None = None  # the last checkpoint whose files are complete
+        self.pending_checkpoint: int | None = None  # the one being written
         adapters = {p.name: p.lora for p in plans}
         if backend == "vllm":
             from engine.rollout.vllm import VLLMRollout
@@ -93,7 +95,7 @@ class Population:
             name=f"lorapop-trainer:{self.run_dir.name}" + (f"#{self.trainer_restarts}" if self.trainer_restarts else ""),
             namespace="lorapop",
         ).remote(self.model_path, specs, t["device"], t["dtype"], self.threads, t["share_prompts"],
-                 t["micro_batch_tokens"] or None)
+                 t["micro_batch_tokens"] or None, t.get("gradient_checkpointing", False))
 
     @property
     def live(self) -> list[str]:
@@ -250,6 +252,7 @@ class Population:
         Returns the outputs of ``step`` by group."""
         import ray
 
+        self.checkpoint_written()  # the trainer lives: the checkpoint it is writing is the one to start from
         while True:
             if self.restarts[group] >= self.max_restarts:
                 for g in [group] + self._partners(group):
@@ -290,6 +293,11 @@ class Population:
         steps after it (all groups learn); up to ``max_restarts`` times. Returns ``step``'s outputs."""
         import ray
 
+        # the checkpoint the dead trainer was writing counts if every file of it made it (each is renamed
+        # into place whole)
+        pending, self.pending_checkpoint = self.pending_checkpoint, None
+        if pending is not None and all((checkpoint_dir(self.run_dir, pending) / f"{g}.pt").is_file() for g in self.live):
+            self.checkpoint_step = pending
         while True:
             if self.trainer_restarts >= self.max_restarts:
                 raise RuntimeError(f"the trainer service failed {self.trainer_restarts + 1} times; last: {error}")
@@ -336,12 +344,31 @@ class Population:
         return [row for g in groups for row in outs[g]]
 
     def save_checkpoints(self, step: int) -> None:
-        """Every live group's slot (adapter, optimizer state, version) and hyper-parameters."""
+        """Start checkpointing every live group's slot (adapter, optimizer state, version) and
+        hyper-parameters as of now; the trainer writes the files while the next step runs.
+        ``checkpoint_written`` says when they are complete."""
         import ray
 
         d = checkpoint_dir(self.run_dir, step)
         ray.get(self.trainer.save_checkpoint.remote(str(d), self.hparams()))
+        self.pending_checkpoint = step
+
+    def checkpoint_written(self) -> int | None:
+        """Wait for the checkpoint being written; returns its step once its files are complete (recovery
+        starts from it from then on), or None (none pending, or lost with a trainer that died)."""
+        import ray
+
+        step, self.pending_checkpoint = self.pending_checkpoint, None
+        if step is None:
+            return None
+        try:
+            written = ray.get(self.trainer.wait_saved.remote())
+        except ray.exceptions.RayActorError:
+            return None  # the trainer died with it
+        if str(checkpoint_dir(self.run_dir, step)) not in written:
+            return None
         self.checkpoint_step = step
+        return step
 
     def hparams(self) -> dict[str, dict]:
         import ray

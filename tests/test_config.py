@@ -93,12 +93,18 @@ def test_explicit_cohort_groups_specs_together(tmp_path):
     assert [(p.name, p.cohort) for p in group_plans(cfg, d)] == [("a-0", "c"), ("a-1", "c"), ("b", "c"), ("z", "z")]
 
 
-@pytest.mark.parametrize("device, share, expected", [("cpu", "auto", True), ("cuda", "auto", False),
-                                                     ("cuda", "true", True), ("cpu", "false", False)])
-def test_trainer_shares_prompts_on_the_cpu_unless_told(tmp_path, device, share, expected):
+@pytest.mark.parametrize("device, share, ckpt, expected", [
+    ("cpu", "auto", "auto", (True, False, 0)), ("cuda", "auto", "auto", (False, True, 32768)),
+    ("cuda", "true", "false", (True, False, 32768)), ("cuda", "true", "auto", (False, True, 32768)),
+    ("cpu", "false", "true", (False, True, 0))])
+def test_trainer_defaults_per_device_unless_told(tmp_path, device, share, ckpt, expected):
+    """cpu: prompts shared, one pass; cuda: activation checkpointing and 32768-token passes; checkpointing
+    turns prompt sharing off (a shared prompt's KV cache is not recomputed)."""
     from engine.coordinator import resolve_training
 
-    cfg, _ = load_config(write(tmp_path, BASE), [f"training.device={device}", f"training.share_prompts={share}"])
+    cfg, _ = load_config(write(tmp_path, BASE), [f"training.device={device}", f"training.share_prompts={share}",
+                                                 f"training.gradient_checkpointing={ckpt}"])
     resolved = resolve_training(cfg.training.model_dump())
-    assert resolved["device"] == device and resolved["share_prompts"] is expected
+    assert resolved["device"] == device
+    assert (resolved["share_prompts"], resolved["gradient_checkpointing"], resolved["micro_batch_tokens"]) == expected
     assert resolved["dtype"] == ("bfloat16" if device == "cuda" else "float32")

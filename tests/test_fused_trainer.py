@@ -54,6 +54,10 @@ SPECS = [
     Spec("g2", 13, dict(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]),
          SlotHParams(lr=5e-2, betas=(0.9, 0.99), weight_decay=0.0, max_grad_norm=1.0),
          LossSettings("dapo", max_len=5, epsilon_high=0.28), prompts=2, samples=2, P=3, L=5, adv_scale=0.1),
+    # g2's twin in shape (rank, targets, rows), other settings: the two share one batched GEMM pair
+    Spec("g3", 14, dict(r=2, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+         SlotHParams(lr=2e-2, betas=(0.8, 0.9), weight_decay=0.1, max_grad_norm=2.0),
+         LossSettings("grpo", max_len=6, beta=0.05), prompts=1, samples=4, P=4, L=6, adv_scale=2.0),
 ]
 
 
@@ -194,14 +198,19 @@ def references(base, batches):
 
 
 @pytest.mark.parametrize("share_prompt", [True, False])
-@pytest.mark.parametrize("token_budget", [None, 50])
+@pytest.mark.parametrize("token_budget", [None, 50, 100])
 def test_fused_step_equals_separate_peft_steps(base, batches, references, share_prompt, token_budget):
-    """Three groups (grpo + KL + 2 iterations, dr_grpo + IS correction + temperature, dapo on q/v only;
-    different P, L, ranks, lrs, advantage scales) in one fused step: each gets exactly its own update."""
-    if token_budget is not None:  # the budget really splits groups and mixes them in one micro-batch
+    """Four groups (grpo + KL + 2 iterations, dr_grpo + IS correction + temperature, dapo on q/v only, and
+    g2's twin in shape, whose rows go through one batched GEMM with g2's; different P, L, ranks, lrs,
+    advantage scales) in one fused step: each gets exactly its own update."""
+    if token_budget is not None:  # 50 really splits groups, 100 mixes whole groups in one micro-batch
         plan = plan_micro_batches([(g, b.mask.size(0), b.prompt_len, b.mask.size(1), g) for g, b in enumerate(batches)],
                                   token_budget)
-        assert any(len({p.group for p in mb}) > 1 for mb in plan) and len(plan) > len(batches)
+        if token_budget == 50:
+            assert len(plan) > len(batches) and any(p.hi - p.lo < b.mask.size(0) for mb in plan for p in mb
+                                                    for b in [batches[p.group]])
+        else:
+            assert any(len({p.group for p in mb}) > 1 for mb in plan)
     model = fused_model(base, SPECS)
     results = fused_grpo_step(model, batches, token_budget=token_budget, share_prompt=share_prompt)
     for spec, b, res, ref in zip(SPECS, batches, results, references[share_prompt]):
@@ -252,10 +261,10 @@ def _poison(model: MultiLoRAModel, b: GroupBatch, fault: str) -> GroupBatch:
 @pytest.mark.parametrize("fault", ["nan_advantages", "overflow_forward", "explodes_in_pass_1"])
 def test_non_finite_group_is_skipped_alone(base, batches, fault):
     """g1 fails: g0 and g2 end bit-identical to a fused step without g1; g1's slot is untouched."""
-    g0, g1, g2 = SPECS
+    g0, g1, g2 = SPECS[:3]
     alone = fused_model(base, [g0, g2])
     expected = fused_grpo_step(alone, [batches[0], batches[2]], token_budget=50)
-    model = fused_model(base, SPECS)
+    model = fused_model(base, SPECS[:3])
     bad = _poison(model, batches[1], fault)
     before = get_state(model.slots["g1"])
     results = fused_grpo_step(model, [batches[0], bad, batches[2]], token_budget=50)
@@ -398,8 +407,9 @@ def test_one_base_copy_whatever_the_number_of_slots(base):
 
 
 def test_multi_lora_linear_rows_in_any_order_and_bf16_as_peft():
-    """Unsorted rows (index path) == sorted rows (slice path); on a bf16 base, each row equals PEFT's
-    ``lora.Linear`` (float32 LoRA path, cast back)."""
+    """Unsorted rows (index path) == sorted rows (slice path); each row equals PEFT's ``lora.Linear``:
+    on a float32 base as it is, on a bf16 base under bf16 autocast (what TRL's ``bf16=True`` Trainer
+    runs: float32 LoRA weights, the low-rank path computed in bf16)."""
     from peft import LoraConfig
     from peft.tuners.lora import Linear as PeftLinear
 
@@ -438,4 +448,58 @@ def test_multi_lora_linear_rows_in_any_order_and_bf16_as_peft():
             with torch.no_grad():
                 peft.lora_A["s"].weight.copy_(a)
                 peft.lora_B["s"].weight.copy_(b)
-            assert torch.equal(y[i], peft(x[i:i + 1])[0]), (dtype, i)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                expected = peft(x[i:i + 1])[0]
+            assert torch.equal(y[i], expected), (dtype, i)
+
+
+def test_batched_gemm_of_equal_slots_equals_one_slot_at_a_time():
+    """Adjacent slots with as many rows and one rank take one ``bmm`` pair (a run); outputs and every
+    slot's gradients equal those of each slot's rows alone, and a slot of another rank stays apart."""
+    from engine.trainer.multi_lora import runs
+
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(16, 8).requires_grad_(False)
+    layer = MultiLoRALinear(lin, Routing())
+    ranks = {0: 4, 1: 4, 2: 4, 3: 2}
+    ab = {sid: (torch.nn.Parameter(torch.randn(r, 16)), torch.nn.Parameter(torch.randn(8, r))) for sid, r in ranks.items()}
+    for sid, (a, b) in ab.items():
+        layer.add(sid, a, b, (1.0 + sid) / a.size(0))  # a scale per slot
+    rows = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, -1])
+    segments = row_segments(rows)
+    assert [[sid for sid, _ in run] for run in runs(segments, layer.lora_A)] == [[0, 1, 2], [3]]
+    x = torch.randn(9, 5, 16)
+    layer.routing.batch, layer.routing.segments = 9, segments
+    layer(x).pow(2).sum().backward()
+    fused = [p.grad.clone() for a, b in ab.values() for p in (a, b)]
+    y = layer(x).detach()
+    for a, b in ab.values():
+        a.grad = b.grad = None
+    alone = []
+    for sid in ranks:  # each slot's rows through the layer on their own (the single-slot path)
+        idx = (rows == sid).nonzero().flatten()
+        layer.routing.batch, layer.routing.segments = len(idx), row_segments(torch.full((len(idx),), sid))
+        out = layer(x[idx])
+        assert torch.allclose(out, y[idx], atol=1e-6, rtol=1e-6)
+        out.pow(2).sum().backward()
+    alone = [p.grad for a, b in ab.values() for p in (a, b)]
+    assert all(torch.allclose(f, g, rtol=1e-5, atol=1e-5) for f, g in zip(fused, alone))
+    assert torch.equal(y[8], lin(x[8]))
+
+
+def test_activation_checkpointing_gives_the_same_update(base, batches):
+    """With every decoder layer recomputed in the backward (``enable_checkpointing``), the fused step's
+    log-probs and every slot's updated weights are those of the step that keeps its activations."""
+    plain, ckpt = fused_model(base, SPECS), fused_model(base, SPECS)
+    ckpt.enable_checkpointing()
+    assert not any(m.training for m in ckpt.modules() if type(m).__name__.endswith("Attention"))  # dropout stays off
+    expected = fused_grpo_step(plain, batches, token_budget=100, share_prompt=False)
+    got = fused_grpo_step(ckpt, batches, token_budget=100, share_prompt=False)
+    for e, g in zip(expected, got):
+        assert not g.skipped and torch.allclose(g.logp, e.logp, atol=1e-6, rtol=0)
+        assert g.grad_norm == pytest.approx(e.grad_norm, rel=1e-5)
+    for name in plain.slots:
+        for p, q in zip(plain.slots[name].params, ckpt.slots[name].params):
+            assert torch.allclose(p, q, atol=1e-6, rtol=1e-5)
+    # and the recompute really ran: a checkpointed layer keeps no activations of its own
+    assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.base.modules())

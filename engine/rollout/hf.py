@@ -34,6 +34,10 @@ class HFRollout:
         self.model.eval()
         self.versions = {name: -1 for name in names}  # -1: no version published yet
 
+    def adapter_dtype(self) -> str:
+        """The dtype adapters are sent in: the PEFT model keeps its LoRA weights in float32."""
+        return "float32"
+
     def publish(self, group: str, version: int, state_dict: dict) -> int:
         """Serve ``state_dict`` (LoRA weights, PEFT key names) as ``group``'s adapter from now on."""
         from peft import set_peft_model_state_dict

@@ -156,39 +156,67 @@ class VLLMRollout:
         self.next_id = 1
         self.last_publish: dict[str, float] = {}  # timings of the last publish (seconds), for benchmarks
 
+    def adapter_dtype(self) -> str:
+        """The dtype adapters are served in (the trainer casts to it before sending them)."""
+        return self.dtype if isinstance(self.dtype, str) and self.dtype != "auto" else "bfloat16"
+
     def publish(self, group: str, version: int, state_dict: dict) -> int:
         """Serve ``state_dict`` (LoRA weights, PEFT key names) as ``group``'s adapter from the next
         ``generate`` on; the previous version is unloaded and its directory deleted."""
+        return self.publish_many({group: (version, state_dict)})[group]
+
+    def publish_many(self, adapters: dict[str, tuple[int, dict]]) -> dict[str, int]:
+        """``publish`` of several groups in one call: ``{group: (version, state_dict)}``. The adapter
+        files are written in parallel, then loaded into the engine one after another."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        unknown = sorted(set(adapters) - set(self.lora))
+        if unknown:
+            raise KeyError(f"unknown group {unknown[0]!r}")
+        t0 = time.perf_counter()
+        jobs = [(g, v, st, self._fresh_dir(g, v)) for g, (v, st) in adapters.items()]
+        with ThreadPoolExecutor(max_workers=min(8, len(jobs)) or 1) as pool:
+            list(pool.map(lambda job: self._write(*job), jobs))
+        t1 = time.perf_counter()
+        for g, v, _, target in jobs:
+            self._load(g, v, target)
+        t2 = time.perf_counter()
+        self.last_publish = {"write_s": t1 - t0, "load_s": t2 - t1, "total_s": t2 - t0, "adapters": len(jobs)}
+        return {g: v for g, v, _, _ in jobs}
+
+    def _fresh_dir(self, group: str, version: int) -> Path:
+        target = self.root / group / f"v{version}-{self.next_id}"  # fresh per publish, never reused
+        self.next_id += 1
+        return target
+
+    def _write(self, group: str, version: int, state_dict: dict, target: Path) -> None:
+        """The adapter's files, written whole under a temporary name and renamed into place."""
         import torch
         from safetensors.torch import save_file
-        from vllm.lora.request import LoRARequest
 
-        if group not in self.lora:
-            raise KeyError(f"unknown group {group!r}")
-        t0 = time.perf_counter()
-        target = self.root / group / f"v{version}-{self.next_id}"  # fresh per publish, never reused
         tmp = target.with_name(target.name + ".tmp")
         tmp.mkdir(parents=True)
-        dtype = getattr(torch, self.dtype) if isinstance(self.dtype, str) and self.dtype != "auto" else torch.bfloat16
+        dtype = getattr(torch, self.adapter_dtype())
         tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / "adapter_model.safetensors"))
         (tmp / "adapter_config.json").write_text(json.dumps(self.adapter_config(group, tensors)))
         os.replace(tmp, target)
-        t1 = time.perf_counter()
+
+    def _load(self, group: str, version: int, target: Path) -> None:
+        """Load ``target`` into the engine as ``group``'s adapter (a new id and name) and drop the old one."""
+        from vllm.lora.request import LoRARequest
+
         old = self.current.get(group)
         if old is not None:  # unload first: max_cpu_loras holds exactly one version per group
             self.llm.llm_engine.remove_lora(old.lora_int_id)
-        request = LoRARequest(f"{group}@v{version}#{self.next_id}", self.next_id, str(target))
-        self.next_id += 1
+        lora_id = int(target.name.rsplit("-", 1)[1])
+        request = LoRARequest(f"{group}@v{version}#{lora_id}", lora_id, str(target))
         if not self.llm.llm_engine.add_lora(request):  # preload now, not inside the next rollout
             raise RuntimeError(f"vLLM refused adapter {request.lora_name} from {target}")
-        t2 = time.perf_counter()
         if old is not None:
             shutil.rmtree(old.lora_path, ignore_errors=True)
         self.current[group] = request
         self.versions[group] = version
-        self.last_publish = {"write_s": t1 - t0, "load_s": t2 - t1, "total_s": time.perf_counter() - t0}
-        return version
 
     def adapter_config(self, group: str, tensors: dict) -> dict:
         """PEFT ``adapter_config.json`` of ``group``, with the modules named explicitly (read off the
@@ -201,11 +229,6 @@ class VLLMRollout:
         config.update(base_model_name_or_path=self.model_path, target_modules=modules,
                       peft_type="LORA", task_type="CAUSAL_LM")
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-
-    def publish_many(self, adapters: dict[str, tuple[int, dict]]) -> dict[str, int]:
-        """``publish`` of several groups in one call: ``{group: (version, state_dict)}`` (one after another
-        in this actor; writing the files in parallel is left for later)."""
-        return {g: self.publish(g, version, state) for g, (version, state) in adapters.items()}
 
     def runtime(self) -> str:
         from engine.models import torch_runtime

@@ -11,7 +11,8 @@ Per step, in order (numbered as the step in ``groups/actor.py``'s docstring):
       micro-batch, one forward, each group's token losses weighted by ``aggregation_weights`` of its
       *own whole batch* (so micro-batches add up to its full-batch loss), one backward;
   6.  each slot clips its own gradient and takes its own AdamW step.
-Micro-batches are packed by a token budget (rows x padded width), not by group: a group's rows
+Micro-batches are packed by a token budget (rows x padded width), whole groups where they fit (groups
+of one size and rank then share one batched GEMM per layer), larger groups cut to the budget: a group's rows
 ``[prompt P_g | completion L_g]`` are placed at column ``P - P_g`` of the micro-batch's
 ``[P | L]`` (left-padding the prompt, right-padding the completion); positions come from the attention
 mask, so the padding changes nothing but float rounding.
@@ -31,10 +32,10 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from engine.grpo import LOSS_AGGREGATION, aggregation_weights, clipped_token_loss, distinct_rows, k3_kl, masked_mean
+from engine.grpo import LOSS_AGGREGATION, aggregation_weights, clipped_token_loss, distinct_rows, k3_kl
 from engine.importance import importance_weights
 from engine.trainer.multi_lora import MultiLoRAModel
-from engine.trainer.slots import Slot, get_state, set_state
+from engine.trainer.slots import Slot
 
 
 @dataclass(frozen=True)
@@ -143,14 +144,18 @@ class NonFinite(Exception):
 # --- micro-batches -------------------------------------------------------------------------------
 
 def plan_micro_batches(jobs: list[tuple[int, int, int, int, int]], token_budget: int | None) -> list[list[Piece]]:
-    """Greedy packing of ``jobs`` = ``[(group, rows, P_g, L_g, route)]``, in order, into micro-batches of
-    at most ``token_budget`` = rows x (max P + max L) tokens; a group may be split, a micro-batch mixes
-    groups, one row over the budget goes alone. ``None``: one micro-batch.
+    """Packing of ``jobs`` = ``[(group, rows, P_g, L_g, route)]``, in order, into micro-batches of at most
+    ``token_budget`` = rows x (max P + max L) tokens. A group goes whole into the current micro-batch
+    if it fits, else starts the next one (so groups of one size line up for one batched GEMM); a group
+    larger than the budget is cut into budget-sized pieces; one row over the budget goes alone.
+    ``None``: one micro-batch.
 
-    >>> plan_micro_batches([(0, 3, 2, 2, 0), (1, 2, 4, 4, 1)], 16)
-    [[Piece(group=0, lo=0, hi=3, route=0)], [Piece(group=1, lo=0, hi=2, route=1)]]
     >>> [[(p.group, p.lo, p.hi) for p in mb] for mb in plan_micro_batches([(0, 3, 2, 2, 0), (1, 2, 4, 4, 1)], 32)]
-    [[(0, 0, 3), (1, 0, 1)], [(1, 1, 2)]]
+    [[(0, 0, 3)], [(1, 0, 2)]]
+    >>> [[(p.group, p.lo, p.hi) for p in mb] for mb in plan_micro_batches([(0, 2, 2, 2, 0), (1, 2, 2, 2, 1)], 16)]
+    [[(0, 0, 2), (1, 0, 2)]]
+    >>> [[(p.group, p.lo, p.hi) for p in mb] for mb in plan_micro_batches([(0, 5, 2, 2, 0)], 8)]
+    [[(0, 0, 2)], [(0, 2, 4)], [(0, 4, 5)]]
     """
     out: list[list[Piece]] = []
     cur: list[Piece] = []
@@ -159,12 +164,12 @@ def plan_micro_batches(jobs: list[tuple[int, int, int, int, int]], token_budget:
         lo = 0
         while lo < rows:
             width = max(P, pg) + max(L, lg)
-            take = rows - lo if token_budget is None else min(rows - lo, token_budget // width - n)
-            if take <= 0 and n > 0:  # nothing more fits: close this micro-batch
+            room = rows - lo if token_budget is None else token_budget // width - n
+            if n > 0 and room < rows - lo:  # the rest of this group does not fit: close this micro-batch
                 out.append(cur)
                 cur, n, P, L = [], 0, 0, 0
                 continue
-            take = max(take, 1)
+            take = max(1, min(rows - lo, room))
             cur.append(Piece(g, lo, lo + take, route))
             n, P, L, lo = n + take, max(P, pg), max(L, lg), lo + take
     return out + ([cur] if cur else [])
@@ -205,9 +210,11 @@ def routed_logprobs(model: MultiLoRAModel, mb: MicroBatch, share_prompt: bool) -
 
     ``engine.grpo.completion_logprobs`` with routing: with ``share_prompt``, rows with the same
     (slot, prompt) share one forward of the prompt head (rows of different slots never do: their
-    KV caches differ), the head forward routed by the distinct rows' slots.
+    KV caches differ), the head forward routed by the distinct rows' slots. The LM head runs on the
+    completion positions only (``logits_to_keep``).
     """
     ids, attn, P = mb.input_ids, mb.attention_mask, mb.P
+    L = ids.size(1) - P
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # [b, P+L]
     logits = None
     if share_prompt and P >= 2:
@@ -217,14 +224,15 @@ def routed_logprobs(model: MultiLoRAModel, mb: MicroBatch, share_prompt: bool) -
             head = P - 1  # each distinct prompt but its last token
             with model.route(mb.routes[first.cpu()]):
                 cache = model(input_ids=ids[first, :head], attention_mask=attn[first, :head],
-                              position_ids=position_ids[first, :head], use_cache=True).past_key_values
+                              position_ids=position_ids[first, :head], use_cache=True, logits_to_keep=1).past_key_values
             cache.batch_select_indices(rows)  # [U, ...] -> [b, ...]
             with model.route(mb.routes):
                 logits = model(input_ids=ids[:, head:], attention_mask=attn, position_ids=position_ids[:, head:],
-                               past_key_values=cache, use_cache=True).logits[:, :-1, :]  # [b, L, V]
+                               past_key_values=cache, use_cache=True, logits_to_keep=L + 1).logits[:, :-1, :]  # [b, L, V]
     if logits is None:
         with model.route(mb.routes):
-            logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits[:, P - 1:-1, :]
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids,
+                           logits_to_keep=L + 1).logits[:, :-1, :]  # [b, L, V]
     logp = torch.log_softmax(logits.float() / mb.temperature[:, None, None], dim=-1)  # [b, L, V]
     return logp.gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)  # [b, L]
 
@@ -248,11 +256,14 @@ def fused_grpo_step(model: MultiLoRAModel, batches: list[GroupBatch], token_budg
     ``token_budget``: max rows x padded width per micro-batch (None: all rows at once).
     ``share_prompt``: one forward of each distinct (slot, prompt) head (``completion_logprobs``'s option).
     """
-    batches = [_on(b, model.device) for b in batches]
     slots = [model.slots[b.slot] for b in batches]
     if len({s.sid for s in slots}) < len(slots):
         raise ValueError("two batches for one slot")
-    skipped = {g: r for g, (b, s) in enumerate(zip(batches, slots)) if (r := _input_fault(b, s))}
+    skipped = {g: r for g, b in enumerate(batches) if (r := _input_fault(b))}  # on the host, before any copy
+    batches = [_on(b, model.device) for b in batches]
+    weights_ok = finite_each([slots[g].params for g in range(len(batches)) if g not in skipped])
+    skipped.update({g: "non-finite adapter weights" for g, ok in
+                    zip([g for g in range(len(batches)) if g not in skipped], weights_ok) if not ok})
     while True:
         live = [g for g in range(len(batches)) if g not in skipped]
         try:
@@ -268,8 +279,9 @@ def fused_grpo_step(model: MultiLoRAModel, batches: list[GroupBatch], token_budg
 class _Targets:
     """What one group's token losses are computed against, fixed for the whole step."""
 
-    old: torch.Tensor  # [B, L] the ratio's denominator: sampler log-probs, or the trainer's own with IS correction
-    is_weights: torch.Tensor | None  # [B, L] or [B, 1]
+    old: torch.Tensor | None  # [B, L] the ratio's denominator: sampler log-probs, or the trainer's own with IS
+    # correction (None: the trainer's own of this very pass, detached: one pass, so the policy is the old one)
+    is_weights: torch.Tensor | None  # [B, L] or [B, 1]; None with ``old`` None: computed in the pass
     ref: torch.Tensor | None  # [B, L] the base's log-probs (beta > 0)
     weights: torch.Tensor  # [B, L] aggregation weights: the group's loss = sum(token_loss * weights)
 
@@ -282,14 +294,17 @@ class _PassLog:
     clipped: torch.Tensor  # [B, L]
     kl: torch.Tensor  # [B, L]
     loss: torch.Tensor  # []
+    is_weights: torch.Tensor | None = None  # [B, L] when computed in the pass
     grad_norm: float = math.nan
 
 
 def _targets(model, batches, slots, live, token_budget, share_prompt) -> dict[int, _Targets]:
     """5a. One no-grad pass over the rows that need it: the base's log-probs (rows routed to -1) of groups
-    with ``beta > 0``, the trainer's old log-probs (rows on their slot) of groups with IS correction."""
+    with ``beta > 0``, the trainer's old log-probs (rows on their slot) of groups with IS correction and
+    ``num_iterations > 1``. With one iteration the old policy is the one of the training pass itself,
+    so its log-probs (detached) are the old ones: no extra forward (TRL's own shortcut)."""
     jobs = [(g, -1) for g in live if batches[g].loss.beta > 0] + \
-           [(g, slots[g].sid) for g in live if batches[g].loss.is_correction]
+           [(g, slots[g].sid) for g in live if batches[g].loss.is_correction and batches[g].loss.num_iterations > 1]
     pre = {(g, route): torch.empty_like(batches[g].old_logp) for g, route in jobs}  # [B_g, L_g] each
     with torch.no_grad():
         for mb, logp in _passes(model, batches, jobs, token_budget, share_prompt):
@@ -298,9 +313,9 @@ def _targets(model, batches, slots, live, token_budget, share_prompt) -> dict[in
     out = {}
     for g in live:
         b = batches[g]
-        old = pre[g, slots[g].sid] if b.loss.is_correction else b.old_logp  # [B, L]
+        old = (pre.get((g, slots[g].sid)) if b.loss.is_correction else b.old_logp)  # [B, L] or None
         is_w = importance_weights(old, b.old_logp, b.mask, b.loss.is_mode, b.loss.is_cap) \
-            if b.loss.is_correction else None
+            if b.loss.is_correction and old is not None else None
         out[g] = _Targets(old, is_w, pre.get((g, -1)), aggregation_weights(b.loss.loss_type, b.mask, b.loss.max_len))
     return out
 
@@ -309,20 +324,28 @@ def _group_loss(b: GroupBatch, t: _Targets, logp: torch.Tensor, rows: slice, log
     """The weighted sum of one group's token losses on its ``rows``, as a group training alone computes it;
     ``logp`` [n, L] are those rows' log-probs in the micro-batch (L >= the group's L_g)."""
     logp = logp[:, :b.mask.size(1)]  # [n, L_g]
-    tok, clipped = clipped_token_loss(logp, t.old[rows], b.advantages[rows], b.loss.epsilon_low, b.loss.epsilon_high)
-    if t.is_weights is not None:
-        tok = tok * t.is_weights[rows]
+    old = t.old[rows] if t.old is not None else logp.detach()
+    tok, clipped = clipped_token_loss(logp, old, b.advantages[rows], b.loss.epsilon_low, b.loss.epsilon_high)
+    if b.loss.is_correction:
+        is_w = t.is_weights[rows] if t.is_weights is not None else \
+            importance_weights(old, b.old_logp[rows], b.mask[rows], b.loss.is_mode, b.loss.is_cap)
+        tok = tok * is_w
+        if t.is_weights is None:
+            if log.is_weights is None:
+                log.is_weights = torch.empty_like(b.mask)
+            log.is_weights[rows] = is_w.expand_as(tok)
     kl = k3_kl(logp, t.ref[rows]) if t.ref is not None else torch.zeros_like(logp)
     log.logp[rows], log.clipped[rows], log.kl[rows] = logp.detach(), clipped, kl.detach()
     return ((tok + b.loss.beta * kl) * t.weights[rows]).sum()
 
 
 def _step(model, batches, slots, live, token_budget, share_prompt) -> dict[int, GroupResult]:
-    """The step over the ``live`` groups; raises ``NonFinite`` with every slot as it was on entry."""
+    """The step over the ``live`` groups; raises ``NonFinite`` with every slot as it was on entry.
+
+    The device is synchronised once per pass (every group's loss and gradient norm checked together)
+    and once at the end (every stepped slot's new weights), not per micro-batch or per group."""
     targets = _targets(model, batches, slots, live, token_budget, share_prompt)
-    # a failure in pass k > 0 must undo the steps of passes < k: keep the slots as they are now
-    snapshot = {g: get_state(slots[g], model.device) for g in live} \
-        if any(batches[g].loss.num_iterations > 1 for g in live) else {}
+    snapshot = {g: _Snapshot.take(slots[g]) for g in live}  # undone on any failure: the slot stays as it was
     logs: dict[int, _PassLog] = {}
     try:
         for k in range(max((batches[g].loss.num_iterations for g in live), default=0)):
@@ -332,43 +355,104 @@ def _step(model, batches, slots, live, token_budget, share_prompt) -> dict[int, 
                 b = batches[g]
                 logs[g] = _PassLog(torch.empty_like(b.old_logp), torch.empty_like(b.mask), torch.empty_like(b.mask),
                                    torch.zeros((), device=b.mask.device))
-            # 5b. per micro-batch: one forward, each group's weighted token losses, one backward of their sum
+            # 5b. per micro-batch: one forward, each group's weighted token losses, one backward of their sum;
+            # rows never mix, so a non-finite loss only reaches its own slot's gradient (checked below)
             for mb, logp in _passes(model, batches, [(g, slots[g].sid) for g in active], token_budget, share_prompt):
-                parts = torch.stack([_group_loss(batches[p.group], targets[p.group], logp[s:e], slice(p.lo, p.hi),
-                                                 logs[p.group]) for p, s, e in mb.spans])  # [pieces]
-                finite = torch.isfinite(parts.detach()).tolist()  # one sync per micro-batch
-                bad = {p.group: f"non-finite loss (pass {k})" for (p, _, _), ok in zip(mb.spans, finite) if not ok}
-                if bad:
-                    raise NonFinite(bad)  # before backward: no NaN gradient is ever computed
-                for (p, _, _), x in zip(mb.spans, parts.detach()):
-                    logs[p.group].loss = logs[p.group].loss + x
-                parts.sum().backward()
-            # 6. each slot: its own clip, then (all finite) its own step
-            norms = {g: torch.nn.utils.clip_grad_norm_(slots[g].params, slots[g].hparams.max_grad_norm) for g in active}
-            bad = {g: f"non-finite gradient norm {float(n)} (pass {k})" for g, n in norms.items() if not torch.isfinite(n)}
+                parts = [_group_loss(batches[p.group], targets[p.group], logp[s:e], slice(p.lo, p.hi), logs[p.group])
+                         for p, s, e in mb.spans]
+                for (p, _, _), x in zip(mb.spans, parts):
+                    logs[p.group].loss = logs[p.group].loss + x.detach()
+                with model.route(mb.routes):  # the same routing for recomputed layers (activation checkpointing)
+                    torch.stack(parts).sum().backward()
+            # 6. each slot: its own clip, then (its loss and gradient finite) its own step
+            norms = [torch.nn.utils.clip_grad_norm_(slots[g].params, slots[g].hparams.max_grad_norm) for g in active]
+            checks = torch.stack([logs[g].loss for g in active] + norms).tolist()  # one sync per pass
+            losses, norm_values = checks[:len(active)], checks[len(active):]
+            bad = {g: f"non-finite loss (pass {k})" for g, x in zip(active, losses) if not math.isfinite(x)}
+            bad.update({g: f"non-finite gradient norm {n} (pass {k})" for g, n in zip(active, norm_values)
+                        if not math.isfinite(n) and g not in bad})
             if bad:
                 raise NonFinite(bad)
-            for g in active:
+            for g, n in zip(active, norm_values):
                 slots[g].optimizer.step()
-                logs[g].grad_norm = float(norms[g])
+                logs[g].grad_norm = n
+        bad = {g: "non-finite weights after the optimizer step" for g, ok in
+               zip(live, finite_each([slots[g].params for g in live])) if not ok}
+        if bad:  # a finite step to non-finite weights (e.g. a huge lr)
+            raise NonFinite(bad)
     except NonFinite:
-        for g, state in snapshot.items():
-            set_state(slots[g], state)
         for g in live:
+            snapshot[g].restore(slots[g])
             slots[g].optimizer.zero_grad(set_to_none=True)
         raise
-    return {g: _result(batches[g], slots[g], logs[g], targets[g].is_weights) for g in live}
+    return _results(batches, slots, logs, targets, live)
 
 
-def _result(b: GroupBatch, slot: Slot, log: _PassLog, is_w: torch.Tensor | None) -> GroupResult:
-    return GroupResult(
-        b.slot, loss=float(log.loss), kl=masked_mean(log.kl, b.mask), clip_ratio=masked_mean(log.clipped, b.mask),
-        grad_norm=log.grad_norm, lr=slot.optimizer.param_groups[0]["lr"], logp=log.logp,
-        is_weight_mean=masked_mean(is_w.expand_as(b.mask), b.mask) if is_w is not None else math.nan)
+@dataclass
+class _Snapshot:
+    """A slot's weights and optimizer state as they were (foreach copies: a few kernels per slot)."""
+
+    params: list[torch.Tensor]
+    had_state: list[bool]  # per parameter: an optimizer state existed (else it is created by the step)
+    state: list[torch.Tensor]  # copies of the state tensors that existed, in order
+
+    @classmethod
+    def take(cls, slot: Slot) -> "_Snapshot":
+        params = slot.params
+        had = [p in slot.optimizer.state for p in params]
+        with torch.no_grad():  # x * 1.0 == x bit for bit, inf and nan included
+            weights = torch._foreach_mul(params, 1.0)
+            state = _state_tensors(slot, params, had)
+            state = torch._foreach_mul(state, 1.0) if state else []
+        return cls(weights, had, state)
+
+    def restore(self, slot: Slot) -> None:
+        params = slot.params
+        with torch.no_grad():
+            torch._foreach_copy_(params, self.params)
+            current = _state_tensors(slot, params, self.had_state)
+            if current:  # the optimizer updates its state in place: copy the old values back into it
+                torch._foreach_copy_(current, self.state)
+        for p, had in zip(params, self.had_state):
+            if not had:
+                slot.optimizer.state.pop(p, None)  # no step had been taken: lazily created again
 
 
-def _input_fault(b: GroupBatch, slot: Slot) -> str:
-    """Why a group cannot train before anything runs ('' if it can)."""
+def _state_tensors(slot: Slot, params: list[torch.Tensor], had: list[bool]) -> list[torch.Tensor]:
+    return [v for p, h in zip(params, had) if h for _, v in sorted(slot.optimizer.state[p].items())
+            if torch.is_tensor(v)]
+
+
+def finite_each(param_lists: list[list[torch.Tensor]]) -> list[bool]:
+    """For each list of tensors: all its values finite; one device sync for all."""
+    if not param_lists:
+        return []
+    with torch.no_grad():
+        # x * 0 is 0 where x is finite and nan where not: the norm of it all is 0 or nan
+        norms = [torch.stack(torch._foreach_norm(torch._foreach_mul(ps, 0.0))).sum() if ps else torch.zeros(())
+                 for ps in param_lists]
+        return [x == 0.0 for x in torch.stack([n.to(norms[0].device) for n in norms]).tolist()]
+
+
+def _results(batches, slots, logs, targets, live) -> dict[int, GroupResult]:
+    """Each live group's numbers of its last pass, moved to the host in one transfer."""
+    rows = []
+    for g in live:
+        b, log = batches[g], logs[g]
+        is_w = targets[g].is_weights if targets[g].is_weights is not None else log.is_weights
+        n = b.mask.sum().clamp(min=1.0)
+        rows.append(torch.stack([log.loss.float(), (log.kl * b.mask).sum() / n, (log.clipped * b.mask).sum() / n,
+                                 (is_w.expand_as(b.mask) * b.mask).sum() / n if is_w is not None
+                                 else torch.full((), math.nan, device=n.device)]))
+    values = torch.stack(rows).tolist() if rows else []
+    logp = [logs[g].logp.cpu() for g in live]
+    return {g: GroupResult(batches[g].slot, loss=loss, kl=kl, clip_ratio=clip, grad_norm=logs[g].grad_norm,
+                           lr=slots[g].optimizer.param_groups[0]["lr"], logp=lp, is_weight_mean=isw)
+            for g, (loss, kl, clip, isw), lp in zip(live, values, logp)}
+
+
+def _input_fault(b: GroupBatch) -> str:
+    """Why a group cannot train, from its batch on the host before anything runs ('' if it can)."""
     B, width = b.input_ids.shape
     L = width - b.prompt_len
     for name, t, shape in (("attention_mask", b.attention_mask, (B, width)), ("mask", b.mask, (B, L)),
@@ -381,8 +465,6 @@ def _input_fault(b: GroupBatch, slot: Slot) -> str:
         return "non-finite advantages"
     if not b.loss.is_correction and not torch.isfinite(b.old_logp[b.mask.bool()]).all():
         return "non-finite sampler log-probs"  # (with IS correction a NaN means 'not reported': weight 1)
-    if not all(torch.isfinite(p).all() for p in slot.params):
-        return "non-finite adapter weights"
     return ""
 
 

@@ -7,8 +7,10 @@ KL reference). Which rows belong to which slot is a ``Routing`` object owned by 
 ``MultiLoRAModel`` and read by its layers: set it with ``with model.route(rows): model(...)``.
 
 Reference designs: prime-rl's ``MultiLoRALinear`` (per-adapter row segments; here the offsets live in
-the model's routing object, not a module global), SkyRL tx's LoRA layer. A loop over the slots
-present, not ``torch._grouped_mm``: ranks and targets may differ per slot.
+the model's routing object, not a module global), SkyRL tx's LoRA layer. Adjacent slots with as many
+rows each and one rank (the usual fused micro-batch: whole groups of one size) share one ``torch.bmm``
+pair over their stacked A and B; any other slot gets its own two GEMMs. Not ``torch._grouped_mm``: it
+takes bf16 only, and the LoRA path is float32 as in PEFT.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def row_segments(rows: torch.Tensor, device: torch.device | str | None = None) -
 
 
 class MultiLoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus per-slot ``lora_A[sid]`` [r, in] and ``lora_B[sid]`` [out, r] (float32)."""
+    """A frozen ``nn.Linear`` plus per-slot ``lora_A[sid]`` [r, in] and ``lora_B[sid]`` [out, r] (float32
+    weights; computed in float32 on a float32 base, in the base's dtype on a bf16/fp16 base)."""
 
     def __init__(self, base_layer: nn.Linear, routing: Routing):
         super().__init__()
@@ -78,13 +81,63 @@ class MultiLoRALinear(nn.Module):
             return y
         if x.size(0) != r.batch:
             raise RuntimeError(f"routing is set for {r.batch} rows, the forward has {x.size(0)}")
-        for sid, rows in r.segments:
-            if sid not in self.scaling:  # this slot does not target this module
+        # float32 weights; on a 16-bit base the low-rank path computes in the base's dtype, as PEFT LoRA
+        # under the autocast of a bf16 Trainer (TRL's bf16=True), so no float32 copy of x is kept
+        dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
+        deltas: list[tuple[int, int, torch.Tensor]] = []  # (lo, hi, delta of rows lo:hi) of slice runs
+        for run in runs(r.segments, self.lora_A):
+            if len(run) == 1:  # one slot's rows (a slice or an index): two small GEMMs
+                sid, rows = run[0]
+                a, b = self.lora_A[str(sid)].to(dtype), self.lora_B[str(sid)].to(dtype)
+                delta = F.linear(F.linear(x[rows].to(dtype), a), b) * self.scaling[sid]  # [b, T, out]
+                if isinstance(rows, slice):
+                    deltas.append((rows.start, rows.stop, delta))
+                else:
+                    y = y.index_add(0, rows, delta.to(y.dtype)) if y.dtype == delta.dtype else \
+                        y.index_put((rows,), (y[rows] + delta).to(y.dtype))
                 continue
-            a, b = self.lora_A[str(sid)], self.lora_B[str(sid)]
-            xs = x[rows].to(a.dtype)  # [b, T, in]; float32 LoRA path on a bf16 base, as PEFT
-            y[rows] = (y[rows] + F.linear(F.linear(xs, a), b) * self.scaling[sid]).to(y.dtype)
+            # k adjacent slots with as many rows each and one rank: one batched GEMM pair for all k
+            k, n, lo = len(run), run[0][1].stop - run[0][1].start, run[0][1].start
+            a = torch.stack([self.lora_A[str(sid)] for sid, _ in run]).to(dtype)  # [k, r, in]
+            b = torch.stack([self.lora_B[str(sid)] for sid, _ in run]).to(dtype)  # [k, out, r]
+            xs = x[lo:lo + k * n].to(dtype).reshape(k, -1, x.size(-1))  # [k, n*T, in]
+            scales = [self.scaling[sid] for sid, _ in run]
+            scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, dtype=dtype, device=a.device)[:, None, None]
+            delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * scale
+            deltas.append((lo, lo + k * n, delta.reshape(k * n, *y.shape[1:])))  # [k*n, T, out]
+        if not deltas:
+            return y
+        deltas.sort(key=lambda d: d[0])
+        if deltas[0][0] == 0 and deltas[-1][1] == y.size(0) and all(p[1] == q[0] for p, q in zip(deltas, deltas[1:])):
+            # the slots' rows cover the batch (a training micro-batch): one add, no slice assignment
+            full = deltas[0][2] if len(deltas) == 1 else torch.cat([d for _, _, d in deltas])
+            return (y + full).to(y.dtype)
+        for lo, hi, delta in deltas:
+            y[lo:hi] = (y[lo:hi] + delta).to(y.dtype)
         return y
+
+
+def runs(segments: list[tuple[int, Rows]], lora_A: Mapping[str, torch.Tensor]) -> list[list[tuple[int, Rows]]]:
+    """The segments of the slots that target a layer (``lora_A``: its slots' A by str(sid)), cut into runs
+    one batched GEMM can take: adjacent contiguous slices of one length and one rank (a run of one
+    otherwise).
+
+    >>> A = {"0": torch.zeros(4, 2), "1": torch.zeros(4, 2), "2": torch.zeros(8, 2)}
+    >>> [[sid for sid, _ in run] for run in runs([(0, slice(0, 2)), (1, slice(2, 4)), (2, slice(4, 6))], A)]
+    [[0, 1], [2]]
+    """
+    out: list[list[tuple[int, Rows]]] = []
+    for sid, rows in segments:
+        if str(sid) not in lora_A:  # this slot does not target this layer
+            continue
+        last = out[-1][-1] if out else None
+        if (last is not None and isinstance(rows, slice) and isinstance(last[1], slice)
+                and rows.start == last[1].stop and rows.stop - rows.start == last[1].stop - last[1].start
+                and lora_A[str(sid)].shape == lora_A[str(last[0])].shape):
+            out[-1].append((sid, rows))
+        else:
+            out.append([(sid, rows)])
+    return out
 
 
 def peft_targets(module_names: list[str], all_linear: set[str], cfg: Any, model_type: str | None = None) -> list[str]:
@@ -129,6 +182,21 @@ class MultiLoRAModel(nn.Module):
 
     def forward(self, **kwargs: Any) -> Any:
         return self.base(**kwargs)
+
+    def enable_checkpointing(self) -> None:
+        """Activation checkpointing of every decoder layer (transformers' own, non-reentrant): a layer
+        keeps only its input and is recomputed in the backward, so one pass holds many more rows.
+        Only the layers' own ``training`` flag is set (transformers checkpoints in training mode); their
+        submodules stay in eval mode, so dropout stays off. The backward must run under the same
+        ``route`` as the forward (``fused_grpo_step`` does)."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        layers = [m for m in self.base.modules() if isinstance(m, GradientCheckpointingLayer)]
+        if not layers:
+            raise ValueError(f"{type(self.base).__name__} has no checkpointable decoder layers")
+        for m in layers:
+            m.training = True
 
     @property
     def device(self) -> torch.device:

@@ -42,7 +42,8 @@ class TrainerService:
     """Used as ``ray.remote(TrainerService)``; state lives here, not in globals."""
 
     def __init__(self, model_path: str, slots: dict[str, SlotSpec], device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None, share_prompts: bool = True, token_budget: int | None = None):
+                 num_threads: int | None = None, share_prompts: bool = True, token_budget: int | None = None,
+                 checkpointing: bool = False):
         import torch
 
         from engine.models import load_base
@@ -51,11 +52,17 @@ class TrainerService:
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self.model = MultiLoRAModel(load_base(model_path, dtype, device))
         self.model_path, self.device = model_path, device
-        self.share_prompts, self.token_budget = share_prompts, token_budget
+        self.share_prompts, self.token_budget = share_prompts and not checkpointing, token_budget
+        if checkpointing:  # (a shared prompt's KV cache cannot be recomputed: prompts are not shared then)
+            self.model.enable_checkpointing()
         self.specs = dict(slots)
         for name, spec in slots.items():
             self.model.add_slot(name, spec.lora, spec.seed, spec.hparams)
         self.versions = {name: 0 for name in slots}
+        self.publish_dtype: str | None = None  # asked of the rollout service at the first publish
+        self._writer = None  # a one-thread pool writing checkpoints in the background
+        self._saving = None  # (directory, future) of the checkpoint being written
+        self._written: list[str] = []  # checkpoint directories completed since the last wait_saved
 
     def runtime(self) -> str:
         from engine.models import torch_runtime
@@ -74,20 +81,14 @@ class TrainerService:
         import torch
 
         from engine.trainer.fused import fused_grpo_step
-        from engine.trainer.slots import get_state, set_hparams, set_state
+        from engine.trainer.slots import set_hparams
 
         for job in jobs:
             set_hparams(self.model.slots[job.batch.slot], **vars(job.hparams))
-        before = {j.batch.slot: get_state(self.model.slots[j.batch.slot], self.model.device) for j in jobs}
         results = fused_grpo_step(self.model, [j.batch for j in jobs], self.token_budget, self.share_prompts)
         for r in results:
-            slot = self.model.slots[r.slot]
-            if not r.skipped and not all(bool(torch.isfinite(p).all()) for p in slot.params):
-                set_state(slot, before[r.slot])  # a finite step to non-finite weights (e.g. a huge lr): undone
-                r.skipped, r.reason = True, "non-finite weights after the optimizer step"
             if not r.skipped:
                 self.versions[r.slot] += 1
-            r.logp = None if r.logp is None else r.logp.cpu()
         if self.device == "cuda":  # hand cached activation memory back: the GPU is shared with vLLM
             torch.cuda.empty_cache()
         return results
@@ -96,15 +97,23 @@ class TrainerService:
 
     def publish(self, rollout: Any, groups: list[str] | None = None) -> float:
         """Send the current version of ``groups``' adapters (default: all) to the rollout service in one
-        call; returns the seconds it took."""
+        call, cast on this device to the dtype the rollout serves them in; returns the seconds it took."""
         import ray
-
-        from engine.trainer.slots import state_dict
 
         t0 = time.perf_counter()
         names = list(self.model.slots) if groups is None else groups
-        ray.get(rollout.publish_many.remote({g: (self.versions[g], state_dict(self.model.slots[g])) for g in names}))
+        if self.publish_dtype is None:
+            self.publish_dtype = ray.get(rollout.adapter_dtype.remote())
+        states = self.adapter_states(names, self.publish_dtype)
+        ray.get(rollout.publish_many.remote({g: (self.versions[g], states[g]) for g in names}))
         return time.perf_counter() - t0
+
+    def adapter_states(self, groups: list[str], dtype: str = "float32") -> dict[str, dict]:
+        """``groups``' adapters as PEFT-format state dicts on the host, cast to ``dtype`` on the device
+        first (one device-to-host copy per adapter)."""
+        from engine.trainer.slots import state_dicts
+
+        return state_dicts([self.model.slots[g] for g in groups], dtype)
 
     def adapter_state(self, group: str) -> dict:
         from engine.trainer.slots import state_dict
@@ -124,23 +133,39 @@ class TrainerService:
     # --- checkpoints and adapters -------------------------------------------------------------------
 
     def save_checkpoint(self, directory: str, hps: dict[str, dict]) -> None:
-        """``<directory>/<group>.pt`` per group in ``hps``: adapter, optimizer state, version and the
-        group's hyper-parameters, each written whole and renamed into place."""
-        import torch
+        """Start writing ``<directory>/<group>.pt`` per group in ``hps``: adapter, optimizer state, version
+        and the group's hyper-parameters, each written whole and renamed into place. The slots are
+        copied to the host now (the checkpoint is of this moment); the files are written in the
+        background while training goes on: ``wait_saved`` says when they are complete."""
+        from concurrent.futures import ThreadPoolExecutor
 
+        from engine.trainer.fused import finite_each
         from engine.trainer.slots import get_state
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        for g, hp in hps.items():
-            state = get_state(self.model.slots[g])
-            bad = [k for k, v in state.adapter.items() if not bool(torch.isfinite(v).all())]
-            if bad:  # never reached through train(); a guard against a bug elsewhere
-                raise ValueError(f"group {g}: non-finite adapter weights {bad[:2]}; not checkpointed")
-            tmp = d / f".{g}.pt.tmp"
-            torch.save({"adapter": state.adapter, "optimizer": state.optimizer, "version": self.versions[g],
-                        "hp": dict(hp)}, tmp)
-            os.replace(tmp, d / f"{g}.pt")
+        self._settle()  # one checkpoint in flight at a time
+        slots = [self.model.slots[g] for g in hps]
+        bad = [s.name for s, ok in zip(slots, finite_each([s.params for s in slots])) if not ok]
+        if bad:  # never reached through train(); a guard against a bug elsewhere
+            raise ValueError(f"groups {bad}: non-finite adapter weights; not checkpointed")
+        payloads = {g: {"adapter": st.adapter, "optimizer": st.optimizer, "version": self.versions[g], "hp": dict(hp)}
+                    for g, hp in hps.items() for st in [get_state(self.model.slots[g])]}
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorapop-checkpoint")
+        self._saving = (directory, self._writer.submit(_write_checkpoint, directory, payloads))
+
+    def wait_saved(self) -> list[str]:
+        """Wait for the checkpoint being written; returns the directories completed since the last call
+        ([] if none). A failed write raises here."""
+        self._settle()
+        done, self._written = self._written, []
+        return done
+
+    def _settle(self) -> None:
+        if self._saving is not None:
+            directory, future = self._saving
+            self._saving = None
+            future.result()
+            self._written.append(directory)
 
     def load_checkpoint(self, directory: str | None, groups: list[str]) -> dict[str, dict | None]:
         """Restore ``groups``' slots from ``directory`` (None: their initial state, version 0); returns
@@ -149,6 +174,7 @@ class TrainerService:
 
         from engine.trainer.slots import SlotState, set_state
 
+        self._settle()
         out: dict[str, dict | None] = {}
         for g in groups:
             if directory is None:
@@ -167,7 +193,19 @@ class TrainerService:
         """Each group's adapter in PEFT format (``PeftModel.from_pretrained(base, path)``)."""
         from engine.trainer.slots import save_slot
 
+        self._settle()
         for g, path in dirs.items():
             save_slot(self.model.slots[g], path, self.model_path)
         return dirs
 
+
+
+def _write_checkpoint(directory: str, payloads: dict[str, dict]) -> None:
+    import torch
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for g, payload in payloads.items():
+        tmp = d / f".{g}.pt.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, d / f"{g}.pt")

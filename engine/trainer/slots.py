@@ -160,6 +160,22 @@ def state_dict(slot: Slot) -> dict[str, torch.Tensor]:
     return out
 
 
+def state_dicts(slots: list[Slot], dtype: str = "float32") -> dict[str, dict[str, torch.Tensor]]:
+    """``state_dict`` of each slot, cast to ``dtype`` on the slots' device and moved to the host in one
+    copy per slot (a flat buffer, then one host tensor per key)."""
+    out = {}
+    for slot in slots:
+        params = [p for pair in zip(slot.lora_A, slot.lora_B) for p in pair]
+        keys = [peft_key(m, w) for m in slot.modules for w in ("lora_A", "lora_B")]
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for p in params]).to(getattr(torch, dtype)).cpu()
+        out[slot.name], offset = {}, 0
+        for k, p in zip(keys, params):
+            out[slot.name][k] = flat[offset:offset + p.numel()].view(p.shape).clone()
+            offset += p.numel()
+    return out
+
+
 def load_state_dict(slot: Slot, adapter: Mapping[str, torch.Tensor]) -> None:
     """Copy a PEFT-format state dict into the slot's weights; keys and shapes must match exactly."""
     expected = {peft_key(m, w): p for m, a, b in zip(slot.modules, slot.lora_A, slot.lora_B)
@@ -208,9 +224,62 @@ def load_slot(slot: Slot, source: str | Path | Mapping[str, torch.Tensor]) -> No
 # --- copies and checkpoints ----------------------------------------------------------------------
 
 def get_state(slot: Slot, device: torch.device | str = "cpu") -> SlotState:
-    """A deep copy of the slot's adapter, optimizer state and hyper-parameters, on ``device``."""
-    return SlotState(adapter={k: v.to(device) for k, v in state_dict(slot).items()},
-                     optimizer=_to(copy.deepcopy(slot.optimizer.state_dict()), device), hparams=slot.hparams)
+    """A deep copy of the slot's adapter, optimizer state and hyper-parameters, on ``device`` (to the
+    host: one flat device-to-host copy per dtype, not one per tensor)."""
+    adapter, optimizer = {k: p.detach() for k, p in _named_params(slot)}, slot.optimizer.state_dict()
+    if torch.device(device).type == "cpu":
+        adapter, optimizer = host_copy((adapter, optimizer))
+        return SlotState(adapter=adapter, optimizer=optimizer, hparams=slot.hparams)
+    return SlotState(adapter={k: v.to(device, copy=True) for k, v in adapter.items()},
+                     optimizer=_to(copy.deepcopy(optimizer), device), hparams=slot.hparams)
+
+
+def host_copy(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples) with every tensor replaced by a host copy: the tensors of
+    each dtype are concatenated on their device and copied to the host at once, then handed out as
+    views of that one host buffer (``torch.save`` writes each buffer once)."""
+    leaves: list[torch.Tensor] = []
+
+    def collect(o):
+        if isinstance(o, torch.Tensor):
+            leaves.append(o)
+        elif isinstance(o, dict):
+            for v in o.values():
+                collect(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                collect(v)
+
+    collect(obj)
+    copies: dict[int, torch.Tensor] = {}
+    by_kind: dict[tuple, list[int]] = {}
+    for i, t in enumerate(leaves):
+        by_kind.setdefault((t.dtype, t.device), []).append(i)
+    with torch.no_grad():
+        for idx in by_kind.values():
+            flat = torch.cat([leaves[i].detach().reshape(-1) for i in idx]).cpu()  # cat copies: never aliased
+            offset = 0
+            for i in idx:
+                copies[i] = flat[offset:offset + leaves[i].numel()].view(leaves[i].shape)
+                offset += leaves[i].numel()
+    counter = iter(range(len(leaves)))
+
+    def rebuild(o):
+        if isinstance(o, torch.Tensor):
+            return copies[next(counter)]
+        if isinstance(o, dict):
+            return {k: rebuild(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(rebuild(v) for v in o)
+        return copy.deepcopy(o)
+
+    return rebuild(obj)
+
+
+def _named_params(slot: Slot) -> list[tuple[str, nn.Parameter]]:
+    """``(PEFT key, parameter)`` in PEFT's order."""
+    return [(peft_key(m, w), p) for m, a, b in zip(slot.modules, slot.lora_A, slot.lora_B)
+            for w, p in (("lora_A", a), ("lora_B", b))]
 
 
 def set_state(slot: Slot, state: SlotState, hparams: bool = True) -> None:
