@@ -65,6 +65,9 @@ def parse_args() -> argparse.Namespace:
                     help="torch CPU threads of each model process (lorapop: ray.torch_threads); default every core")
     ap.add_argument("--out", default="bench/e2e.json")
     ap.add_argument("--only", choices=("lorapop", "trl"), default=None)
+    ap.add_argument("--rollout", default="{}", help="lorapop's rollout: section as JSON, e.g. "
+                    "'{\"in_process\": true, \"engine_kwargs\": {\"compilation_config\": {\"cudagraph_specialize_lora\": false}}}'")
+    ap.add_argument("--training", default="{}", help="lorapop's training: section as JSON, e.g. '{\"micro_batch_tokens\": 16384}'")
     ap.add_argument("--trl-runs", type=int, default=None,
                     help="TRL runs actually made (default: one per group); the N runs' sums are then N x their "
                          "mean (the runs are alike: same settings, other seeds), said in the table")
@@ -175,7 +178,8 @@ def lorapop_config(args, device: str, vllm: bool) -> dict:
     return {
         "seed": args.seed, "steps": args.steps, "base_model": args.model,
         "backend": "auto" if device == "cuda" else "hf",
-        "training": {"device": device},  # micro_batch_tokens auto: 8192 on cuda, one pass on the cpu
+        "training": {"device": device, **json.loads(args.training)},  # defaults: see engine/config.py
+        **({"rollout": json.loads(args.rollout)} if json.loads(args.rollout) else {}),
         "eval_prompts": 0, "samples_per_step": 0,
         "grpo": grpo, "lora": {"r": args.r, "alpha": args.alpha, "target_modules": "all-linear"},
         "population": {"strategy": "none"}, **({"ray": {"torch_threads": args.threads}} if args.threads else {}),

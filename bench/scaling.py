@@ -39,6 +39,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--model", default="builtin:random-0.5b")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--rollout", default="{}", help="lorapop's rollout: section as JSON (bench/e2e.py)")
+    ap.add_argument("--training", default="{}", help="lorapop's training: section as JSON (bench/e2e.py)")
     ap.add_argument("--out", default="bench/scaling.json")
     return ap.parse_args()
 

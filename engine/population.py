@@ -61,6 +61,7 @@ class Population:
             from engine.rollout.vllm import VLLMRollout
 
             opts = dict(rollout or {})
+            opts.update(opts.pop("engine_kwargs", None) or {})  # further vllm.LLM arguments, as they are
             self.rollout = ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4))(VLLMRollout).remote(
                 model_path, adapters, **opts)
         else:

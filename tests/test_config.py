@@ -49,6 +49,9 @@ groups:
     ("groups: []\n", "groups", "at least 1"),
     (BASE + "    grpo: {micro_batch_size: 4}\n", "groups.0.grpo", "training.micro_batch_tokens"),
     (BASE + "training: {num_gpus_per_group: 0.1}\n", "training", "training.num_gpus"),
+    (BASE + "training: {micro_batch_tokens: -8}\n", "training.micro_batch_tokens", ">= 0"),
+    (BASE + "rollout: {engine_kwargs: {dtype: float16}}\n", "rollout.engine_kwargs", "'dtype'"),
+    (BASE + "rollout: {engine_kwargs: {max_loras: 3}}\n", "rollout.engine_kwargs", "'max_loras'"),
 ])
 def test_bad_config_names_the_field(tmp_path, text, field, words):
     with pytest.raises(ConfigError) as e:

@@ -55,3 +55,36 @@ def test_group_actors_load_no_model(tmp_path, tiny_model_path):
     assert not any(isinstance(v, torch.nn.Module) or isinstance(v, torch.Tensor) for v in vars(actor).values())
     request = actor.begin(1)
     assert request is not None and request.group == "g-0"
+
+
+def test_an_adapter_the_trainer_writes_for_vllm_loads_in_peft_as_the_slot(tmp_path, tiny_model_path):
+    """The vLLM publish path: the trainer writes each adapter's files itself (one flat bf16 buffer, its
+    own safetensors writer, vLLM's adapter config). PEFT loads the directory and serves the slot's
+    weights in bf16; a new version goes to a new directory."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    from engine.models import load_base
+
+    plans = _plans(tmp_path, tiny_model_path)
+    svc = TrainerService(tiny_model_path, _specs(plans[-2:]))  # g-3 (all-linear, r 8) and small (q/v, r 4)
+    with torch.no_grad():
+        for slot in svc.model.slots.values():
+            for p in slot.params:
+                p.add_(0.01 * torch.randn_like(p))
+    for group in svc.model.slots:
+        first = svc.write_adapter(group, str(tmp_path / "shm"), "bfloat16")
+        svc.versions[group] += 1
+        second = svc.write_adapter(group, str(tmp_path / "shm"), "bfloat16")
+        assert first != second and first.parent == second.parent == tmp_path / "shm" / group
+        assert not list(first.parent.glob("*.tmp"))
+        expected = svc.adapter_state(group)
+        with safe_open(str(second / "adapter_model.safetensors"), "pt") as f:
+            assert sorted(f.keys()) == sorted(expected)
+            assert all(torch.equal(f.get_tensor(k), v.to(torch.bfloat16)) for k, v in expected.items())
+        model = PeftModel.from_pretrained(load_base(tiny_model_path), str(second))
+        loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        assert len(loaded) == len(expected)
+        for k, v in expected.items():
+            name = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight")
+            assert torch.equal(loaded[name].detach().to(torch.bfloat16), v.to(torch.bfloat16)), k

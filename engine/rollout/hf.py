@@ -34,9 +34,10 @@ class HFRollout:
         self.model.eval()
         self.versions = {name: -1 for name in names}  # -1: no version published yet
 
-    def adapter_dtype(self) -> str:
-        """The dtype adapters are sent in: the PEFT model keeps its LoRA weights in float32."""
-        return "float32"
+    def publish_target(self) -> dict:
+        """How the trainer publishes here: PEFT state dicts (no directory) in float32, the dtype the PEFT
+        model keeps its LoRA weights in."""
+        return {"root": None, "node": None, "dtype": "float32"}
 
     def publish(self, group: str, version: int, state_dict: dict) -> int:
         """Serve ``state_dict`` (LoRA weights, PEFT key names) as ``group``'s adapter from now on."""

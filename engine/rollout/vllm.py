@@ -125,16 +125,38 @@ def run_requests(llm, requests: list[RolloutRequest], lora_for, versions: dict[s
     return results
 
 
+def vllm_adapter_config(lora: dict, model_path: str, keys: list[str]) -> dict:
+    """PEFT ``adapter_config.json`` of an adapter with LoRA settings ``lora`` and weights ``keys``, the
+    modules named explicitly (read off the keys), so vLLM need not resolve shorthands like ``all-linear``."""
+    from engine.models import peft_lora_config
+
+    config = peft_lora_config(**lora).to_dict()
+    modules = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys if ".lora_" in k})
+    config.update(base_model_name_or_path=model_path, target_modules=modules, peft_type="LORA", task_type="CAUSAL_LM")
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+
+
+def fresh_adapter_dir(root: Path, group: str, version: int) -> Path:
+    """A directory name under ``root/group`` that no publish has used (a new one per version)."""
+    import uuid
+
+    return Path(root) / group / f"v{version}-{uuid.uuid4().hex[:12]}"
+
+
 class VLLMRollout:
     """Ray actor (``ray.remote(num_gpus=f)(VLLMRollout)``) or a plain object; state lives here."""
 
     def __init__(self, model_path: str, adapters: dict[str, dict], gpu_memory_utilization: float = 0.5,
                  max_model_len: int = 2048, adapter_root: str | None = None, enable_prefix_caching: bool = True,
-                 dtype: str = "bfloat16", seed: int = 0, ignore_eos: bool = False, **llm_kwargs):
+                 dtype: str = "bfloat16", seed: int = 0, ignore_eos: bool = False, in_process: bool = False,
+                 **llm_kwargs):
         """``adapters``: group -> LoRA kwargs (``r``, ``alpha``, ``dropout``, ``target_modules``), as for
         ``HFRollout``. ``ignore_eos`` (benchmarks only) always generates ``max_new_tokens``.
         ``llm_kwargs`` go to ``vllm.LLM`` as they are (``enforce_eager``, ``max_num_seqs``,
-        ``enable_sleep_mode``, ...)."""
+        ``enable_sleep_mode``, ...). ``in_process``: the engine core runs in this process
+        (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, TRL's colocate mode), not a spawned one."""
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read by vLLM when the engine is built
         from transformers import AutoTokenizer
 
         if not adapters:
@@ -185,9 +207,7 @@ class VLLMRollout:
         return {g: v for g, v, _, _ in jobs}
 
     def _fresh_dir(self, group: str, version: int) -> Path:
-        target = self.root / group / f"v{version}-{self.next_id}"  # fresh per publish, never reused
-        self.next_id += 1
-        return target
+        return fresh_adapter_dir(self.root, group, version)
 
     def _write(self, group: str, version: int, state_dict: dict, target: Path) -> None:
         """The adapter's files, written whole under a temporary name and renamed into place."""
@@ -209,7 +229,7 @@ class VLLMRollout:
         old = self.current.get(group)
         if old is not None:  # unload first: max_cpu_loras holds exactly one version per group
             self.llm.llm_engine.remove_lora(old.lora_int_id)
-        lora_id = int(target.name.rsplit("-", 1)[1])
+        lora_id, self.next_id = self.next_id, self.next_id + 1  # a new id per version, never reused
         request = LoRARequest(f"{group}@v{version}#{lora_id}", lora_id, str(target))
         if not self.llm.llm_engine.add_lora(request):  # preload now, not inside the next rollout
             raise RuntimeError(f"vLLM refused adapter {request.lora_name} from {target}")
@@ -219,16 +239,31 @@ class VLLMRollout:
         self.versions[group] = version
 
     def adapter_config(self, group: str, tensors: dict) -> dict:
-        """PEFT ``adapter_config.json`` of ``group``, with the modules named explicitly (read off the
-        weights), so vLLM need not resolve shorthands like ``all-linear``."""
-        from engine.models import peft_lora_config
+        """``vllm_adapter_config`` of ``group``."""
+        return vllm_adapter_config(self.lora[group], self.model_path, list(tensors))
 
-        kw = self.lora[group]
-        config = peft_lora_config(**kw).to_dict()
-        modules = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors if ".lora_" in k})
-        config.update(base_model_name_or_path=self.model_path, target_modules=modules,
-                      peft_type="LORA", task_type="CAUSAL_LM")
-        return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    # --- adapters written by the trainer itself: no state dict through Ray -------------------------
+
+    def publish_target(self) -> dict:
+        """Where a trainer on this node writes adapters for ``load_published``: this actor's adapter root,
+        node and dtype."""
+        import ray
+
+        return {"root": str(self.root), "node": ray.get_runtime_context().get_node_id(), "dtype": self.adapter_dtype()}
+
+    def load_published(self, adapters: dict[str, tuple[int, str]]) -> dict[str, int]:
+        """Serve adapters the trainer wrote (``{group: (version, directory)}``, each complete and renamed
+        into place under ``publish_target()["root"]/<group>``): loaded one after another, old versions
+        unloaded and deleted."""
+        unknown = sorted(set(adapters) - set(self.lora))
+        if unknown:
+            raise KeyError(f"unknown group {unknown[0]!r}")
+        t0 = time.perf_counter()
+        for g, (v, path) in adapters.items():
+            self._load(g, v, Path(path))
+        self.last_publish = {"write_s": 0.0, "load_s": time.perf_counter() - t0,
+                             "total_s": time.perf_counter() - t0, "adapters": len(adapters)}
+        return {g: v for g, (v, _) in adapters.items()}
 
     def runtime(self) -> str:
         from engine.models import torch_runtime

@@ -9,6 +9,7 @@ Checkpoints hold each slot's adapter, optimizer state, version and its group's h
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ class TrainerService:
         for name, spec in slots.items():
             self.model.add_slot(name, spec.lora, spec.seed, spec.hparams)
         self.versions = {name: 0 for name in slots}
-        self.publish_dtype: str | None = None  # asked of the rollout service at the first publish
+        self.publish_to: dict | None = None  # the rollout service's publish_target, asked at the first publish
         self._writer = None  # a one-thread pool writing checkpoints in the background
         self._saving = None  # (directory, future) of the checkpoint being written
         self._written: list[str] = []  # checkpoint directories completed since the last wait_saved
@@ -97,16 +98,42 @@ class TrainerService:
 
     def publish(self, rollout: Any, groups: list[str] | None = None) -> float:
         """Send the current version of ``groups``' adapters (default: all) to the rollout service in one
-        call, cast on this device to the dtype the rollout serves them in; returns the seconds it took."""
+        call; returns the seconds it took. A vLLM rollout service on this node gets paths: this service
+        writes each adapter's files itself (cast on the device, one host copy, one file write) where the
+        engine reads them; any other gets PEFT state dicts in the dtype it serves."""
         import ray
 
         t0 = time.perf_counter()
         names = list(self.model.slots) if groups is None else groups
-        if self.publish_dtype is None:
-            self.publish_dtype = ray.get(rollout.adapter_dtype.remote())
-        states = self.adapter_states(names, self.publish_dtype)
-        ray.get(rollout.publish_many.remote({g: (self.versions[g], states[g]) for g in names}))
+        if self.publish_to is None:
+            target = ray.get(rollout.publish_target.remote())
+            if target.get("node") != ray.get_runtime_context().get_node_id():
+                target["root"] = None  # another node: its adapter directory is not ours to write
+            self.publish_to = target
+        if self.publish_to["root"] is not None:
+            paths = {g: (self.versions[g], str(self.write_adapter(g, self.publish_to["root"], self.publish_to["dtype"])))
+                     for g in names}
+            ray.get(rollout.load_published.remote(paths))
+        else:
+            states = self.adapter_states(names, self.publish_to["dtype"])
+            ray.get(rollout.publish_many.remote({g: (self.versions[g], states[g]) for g in names}))
         return time.perf_counter() - t0
+
+    def write_adapter(self, group: str, root: str, dtype: str = "bfloat16") -> Path:
+        """``group``'s current adapter as a vLLM/PEFT adapter directory in a fresh ``root/<group>/v<N>-...``,
+        written whole under a temporary name and renamed into place; returns it."""
+        from engine.rollout.vllm import fresh_adapter_dir, vllm_adapter_config
+        from engine.trainer.slots import flat_adapter, write_safetensors
+
+        layout, flat = flat_adapter(self.model.slots[group], dtype)
+        target = fresh_adapter_dir(Path(root), group, self.versions[group])
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.mkdir(parents=True)
+        write_safetensors(tmp / "adapter_model.safetensors", layout, flat)
+        config = vllm_adapter_config(self.specs[group].lora, self.model_path, [k for k, _ in layout])
+        (tmp / "adapter_config.json").write_text(json.dumps(config))
+        os.replace(tmp, target)
+        return target
 
     def adapter_states(self, groups: list[str], dtype: str = "float32") -> dict[str, dict]:
         """``groups``' adapters as PEFT-format state dicts on the host, cast to ``dtype`` on the device

@@ -160,20 +160,52 @@ def state_dict(slot: Slot) -> dict[str, torch.Tensor]:
     return out
 
 
+def flat_adapter(slot: Slot, dtype: str = "float32") -> tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]:
+    """The adapter as ``([(PEFT key, shape)], one flat host tensor)``: every weight in key order, cast to
+    ``dtype`` on the slot's device, then one device-to-host copy."""
+    named = _named_params(slot)
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for _, p in named]).to(getattr(torch, dtype)).cpu()
+    return [(k, tuple(p.shape)) for k, p in named], flat
+
+
 def state_dicts(slots: list[Slot], dtype: str = "float32") -> dict[str, dict[str, torch.Tensor]]:
     """``state_dict`` of each slot, cast to ``dtype`` on the slots' device and moved to the host in one
-    copy per slot (a flat buffer, then one host tensor per key)."""
+    copy per slot (``flat_adapter``), then one host tensor per key."""
     out = {}
     for slot in slots:
-        params = [p for pair in zip(slot.lora_A, slot.lora_B) for p in pair]
-        keys = [peft_key(m, w) for m in slot.modules for w in ("lora_A", "lora_B")]
-        with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1) for p in params]).to(getattr(torch, dtype)).cpu()
+        layout, flat = flat_adapter(slot, dtype)
         out[slot.name], offset = {}, 0
-        for k, p in zip(keys, params):
-            out[slot.name][k] = flat[offset:offset + p.numel()].view(p.shape).clone()
-            offset += p.numel()
+        for k, shape in layout:
+            n = math.prod(shape)
+            out[slot.name][k] = flat[offset:offset + n].view(shape).clone()
+            offset += n
     return out
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def write_safetensors(path: str | Path, layout: list[tuple[str, tuple[int, ...]]], flat: torch.Tensor) -> None:
+    """A safetensors file of the tensors ``layout`` names, laid out one after another in ``flat`` (as
+    ``flat_adapter`` returns them): the header, then ``flat``'s bytes in one write (no per-tensor copy)."""
+    import struct
+
+    size = flat.element_size()
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, shape in layout:
+        n = math.prod(shape) * size
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[flat.dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if offset != flat.numel() * size:
+        raise ValueError(f"layout covers {offset} bytes, the buffer has {flat.numel() * size}")
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        f.write(flat.contiguous().view(torch.uint8).numpy().tobytes())
 
 
 def load_state_dict(slot: Slot, adapter: Mapping[str, torch.Tensor]) -> None:
