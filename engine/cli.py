@@ -54,7 +54,10 @@ def run(
             _fail("--resume takes the run directory only: its config.yaml is the config")
         if not (resume / "config.yaml").is_file():
             _fail(f"{resume}: not a lorapop run directory (no config.yaml)")
-        cfg, _ = load_config(resume / "config.yaml")
+        try:
+            cfg, _ = load_config(resume / "config.yaml")
+        except ConfigError as e:
+            _fail(str(e))
         progress = None if quiet else LiveProgress(out, cfg)
         try:
             with progress or _Null():
@@ -93,7 +96,10 @@ def _finish(summary) -> None:
     out.print(leaderboard_table(summary.leaderboard, title=f"leaderboard — {summary.run_dir}"))
     out.print(f"results: {summary.run_dir}  ({summary.seconds:.0f}s)")
     if summary.failed_groups:
-        _fail(f"groups failed: {', '.join(summary.failed_groups)} (see events/)", EXIT_FAILED)
+        why = "; ".join(f"{g}: {summary.failures.get(g) or 'see events/'}" for g in summary.failed_groups)
+        everyone = len(summary.failed_groups) == len(summary.leaderboard)
+        _fail(f"{'every group failed' if everyone else 'groups failed'}: {', '.join(summary.failed_groups)} ({why})",
+              EXIT_FAILED)
 
 
 @app.command()

@@ -17,6 +17,7 @@ produces the same rows an uninterrupted run would have (timings aside).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -43,6 +44,8 @@ class RunSummary:
     leaderboard: pd.DataFrame
     seconds: float
     failed_groups: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    """Why each failed group failed (its ``failed`` event)."""
 
 
 def preflight(plans: list[GroupPlan]) -> None:
@@ -123,6 +126,8 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # the embedded cluster is lorapop's own: Ray's notice that it turned token auth on is not the user's business
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(num_cpus=num_cpus, **kwargs)
     return True
 
@@ -135,7 +140,10 @@ def _prepare(cfg: RunConfig, config_dir: Path, log) -> tuple[list[GroupPlan], st
     preflight(plans)
     from engine.models import resolve_base_model
 
-    return plans, resolve_base_model(cfg.base_model, cfg.tiny_model.model_dump(), log=log)
+    try:
+        return plans, resolve_base_model(cfg.base_model, cfg.tiny_model.model_dump(), log=log)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict], None] | None = None,
@@ -145,7 +153,13 @@ def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict
     plans, model_path = _prepare(cfg, config_dir, log)
     if run_dir.exists():
         raise ConfigError(f"{run_dir}: run directory already exists; choose another --run-dir or run_name, or --resume it")
-    run_dir.mkdir(parents=True)
+    blocking = next((p for p in run_dir.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"{run_dir}: cannot be a run directory: {blocking} is a file")
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot create the run directory: {e.strerror or e}") from None
     write_atomic_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
     write_atomic_bytes(run_dir / "run.json", json.dumps({"config_dir": str(config_dir)}).encode())
     return _train(cfg, plans, model_path, run_dir, 0, {}, on_step, log, t_start)
@@ -157,10 +171,20 @@ def resume(run_dir: Path, on_step: Callable[[dict], None] | None = None, log: Ca
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a lorapop run directory (no config.yaml)")
     cfg, _ = load_config(run_dir / "config.yaml")
-    config_dir = Path(json.loads((run_dir / "run.json").read_text())["config_dir"])
-    plans, model_path = _prepare(cfg, config_dir, log)
-    found = latest_checkpoint(run_dir)
+    try:
+        config_dir = Path(json.loads((run_dir / "run.json").read_text())["config_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{run_dir}: not a complete lorapop run directory (no readable run.json)") from None
+    try:
+        found = latest_checkpoint(run_dir)
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"{run_dir}: its checkpoints/LATEST names no readable checkpoint") from None
     step, state = (found[0], found[2]) if found else (0, {})
+    if step >= cfg.steps and (run_dir / "leaderboard.parquet").is_file():
+        log(f"{run_dir}: already complete ({cfg.steps} steps); nothing to resume")
+        return RunSummary(run_dir=run_dir, leaderboard=pd.read_parquet(run_dir / "leaderboard.parquet"),
+                          seconds=time.time() - t_start, failed_groups=list(state.get("failed", [])))
+    plans, model_path = _prepare(cfg, config_dir, log)
     removed = discard_after(run_dir, step)
     log(f"resuming {run_dir} after step {step} ({len(removed)} later files discarded)")
     return _train(cfg, plans, model_path, run_dir, step, state, on_step, log, t_start)
@@ -184,6 +208,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
         population.restarts.update(state.get("restarts", {}))
         writer.write_part("events", population.start(start or None), 0)  # start-up events are step 0
         pending: dict | None = None  # coordinator state of the checkpoint being written
+        silent = NoSignal(log)  # groups whose every advantage stays 0: said once, and recorded
+        silent.replay(history)  # (a resumed run carries on the streaks of the steps it keeps)
         for step in range(start + 1, cfg.steps + 1):
             # 1. every live group's GRPO step (rollouts batched across groups), while the last
             # checkpoint's files are written; it counts (LATEST) once they are complete
@@ -194,6 +220,7 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             events += [event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
                        for o in outs for fn, err in o["failures"].items()]
             events += [event_row(step, o["metrics"]["group"], "update_skipped", o["skipped"]) for o in outs if o["skipped"]]
+            events += silent.observe(step, metrics)
             history.extend(metrics)
             # 2. held-out evaluation
             eval_rows = []
@@ -214,6 +241,9 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             for m in metrics:
                 if on_step:
                     on_step(m)
+            if not population.live:  # nothing left to train: the run ends here, its leaderboard still written
+                log(f"every group has failed; the run ends after step {step}")
+                break
         _commit_written(population, pending, run_dir, pop_cfg.keep_checkpoints)
         adapter_dirs = population.save_adapters()
         board = leaderboard(pd.DataFrame(history), pd.DataFrame(evals), cohorts, adapter_dirs, population.failed,
@@ -224,7 +254,49 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             import ray
 
             ray.shutdown()
-    return RunSummary(run_dir=run_dir, leaderboard=board, seconds=time.time() - t_start, failed_groups=population.failed)
+    events_table = read_table(run_dir, "events")
+    reasons = {} if events_table.empty else dict(zip(events_table.loc[events_table["kind"] == "failed", "group"],
+                                                     events_table.loc[events_table["kind"] == "failed", "detail"]))
+    return RunSummary(run_dir=run_dir, leaderboard=board, seconds=time.time() - t_start,
+                      failed_groups=population.failed, failures={g: reasons.get(g, "") for g in population.failed})
+
+
+class NoSignal:
+    """Spots groups that learn nothing because every advantage is 0 (each prompt's samples all got the
+    same reward: e.g. a system prompt asking for tags the model never writes) for ``patience`` steps in
+    a row; says so once per group on the console and in an ``events`` row (kind ``no_signal``)."""
+
+    def __init__(self, log: Callable[[str], None], patience: int = 3):
+        self.log, self.patience = log, patience
+        self.streak: dict[str, int] = {}
+        self.said: set[str] = set()
+
+    def replay(self, history: list[dict]) -> None:
+        """The state after ``history`` (metrics rows of earlier steps), nothing said again."""
+        for m in sorted(history, key=lambda m: m["step"]):
+            self._count(m)
+
+    def _count(self, m: dict) -> bool:
+        """Count one metrics row; True when its group has just reached ``patience`` for the first time."""
+        g = m["group"]
+        self.streak[g] = self.streak.get(g, 0) + 1 if m.get("advantage_abs") == 0 else 0
+        if self.streak[g] == self.patience and g not in self.said:
+            self.said.add(g)
+            return True
+        return False
+
+    def observe(self, step: int, metrics: list[dict]) -> list[dict]:
+        events = []
+        for m in metrics:
+            g = m["group"]
+            if self._count(m):
+                fns = ", ".join(k.removeprefix("reward/") for k in m if k.startswith("reward/")) or "none"
+                msg = (f"group {g} learns nothing: every advantage has been 0 for {self.patience} steps (each prompt's "
+                       f"samples got the same reward, {m['reward']:.3g}, from reward functions {fns}); check that "
+                       f"the prompts ask for what the rewards score")
+                self.log(f"warning: {msg}")
+                events.append(event_row(step, g, "no_signal", msg, value=float(self.patience)))
+        return events
 
 
 def _commit_written(population, pending: dict | None, run_dir: Path, keep: int) -> None:

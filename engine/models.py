@@ -7,8 +7,9 @@ from typing import Any
 
 
 def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print) -> str:
-    """``builtin:tiny`` -> its cached directory (built on first use); a local directory -> its path;
-    anything else is passed to ``from_pretrained`` as a hub id (which needs network)."""
+    """``builtin:tiny`` -> its cached directory (built on first use); a local directory -> its path; a hub
+    id already in the Hugging Face cache -> the id. Anything else is an error naming ``base_model``
+    (nothing is downloaded)."""
     if base_model.startswith("builtin:"):
         name = base_model.split(":", 1)[1]
         if name.startswith("random-"):
@@ -24,7 +25,20 @@ def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print
         if not (path / "config.json").is_file():
             raise ValueError(f"base_model: {path} is not a Hugging Face model directory (no config.json)")
         return str(path.resolve())
-    return base_model
+    if _in_hf_cache(base_model):
+        return base_model  # a hub id already downloaded: from_pretrained loads it offline
+    raise ValueError(f"base_model: {base_model!r} is not a directory, a builtin:* model, or a model in the "
+                     f"Hugging Face cache (lorapop downloads nothing: download it first, or give its directory)")
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds ``repo_id``'s config.json (so it loads without the network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - not a valid repo id
+        return False
 
 
 def ensure_random_model(size: str, log=print) -> Path:
@@ -56,6 +70,8 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\..*")
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
+    # lorapop passes past_key_values on purpose (shared prompts); the rename to `cache` is transformers' business
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
 
 
 def load_tokenizer(path: str):

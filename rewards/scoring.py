@@ -1,7 +1,8 @@
 """Weighted scoring of a batch by several reward functions, as TRL's GRPOTrainer does it.
 
-A function that raises or returns something malformed is recorded in ``failures`` and counts as
-NaN for the whole batch; scoring itself never raises on a reward function's behalf.
+A function that raises or returns something malformed (not a list of numbers or Nones, or an infinite
+value) is recorded in ``failures`` and counts as NaN for the whole batch; scoring itself never raises
+on a reward function's behalf. NaN, like None, means "no reward for this sample" (TRL's nansum).
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def _call(fn: Callable[..., Any], prompts: list, completions: list, columns: dic
         if r is None:
             values.append(math.nan)
         elif isinstance(r, numbers.Real):
-            values.append(float(r))
+            if math.isinf(r):  # would make every advantage of the group NaN: the function failed on this batch
+                raise ValueError(f"reward {i} is {float(r)}, not a finite number")
+            values.append(float(r))  # (NaN: no reward for this sample, as None; TRL sums rewards with nansum)
         else:
             raise TypeError(f"reward {i} is a {type(r).__name__} ({r!r:.40}), expected a float or None")
     return values

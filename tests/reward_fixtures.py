@@ -29,3 +29,8 @@ def not_a_factory(word: str) -> int:
 def broken_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
     """A reward that always raises: the run must record the failure and go on."""
     raise RuntimeError("boom from broken_reward")
+
+
+def inf_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
+    """A reward that returns +inf for the first completion of every batch (a division by zero, say)."""
+    return [float("inf")] + [0.5] * (len(completions) - 1)

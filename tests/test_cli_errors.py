@@ -103,3 +103,39 @@ def test_bad_cli_arguments(tmp_path):
     result = invoke("run", str(cfg), "--no-such-flag")
     assert result.exit_code == 2 and "--no-such-flag" in result.output
     check_fails(invoke("leaderboard", str(tmp_path)), "no leaderboard")
+
+
+@pytest.mark.parametrize("what, write, needles", [
+    ("latin-1 config", lambda p: p.write_bytes("steps: 2\n# caf\xe9\n".encode("latin-1")), ["bad.yaml", "not a UTF-8"]),
+    ("binary garbage", lambda p: p.write_bytes(bytes(range(256)) * 4), ["bad.yaml"]),
+    ("base_model is no path", lambda p: p.write_text(GOOD + "base_model: /no/such/model/dir\n"),
+     ["base_model", "/no/such/model/dir", "downloads nothing"]),
+    ("base_model without config.json", lambda p: (p.parent / "empty_model").mkdir() or
+     p.write_text(GOOD + f"base_model: {p.parent / 'empty_model'}\n"), ["base_model", "no config.json"]),
+])
+def test_bad_input_is_exit_2_without_traceback_or_files(tmp_path, what, write, needles):
+    """#12: checked in the driver before the run directory exists: exit 2, one message, nothing written."""
+    cfg = tmp_path / "bad.yaml"
+    write(cfg)
+    result = invoke("run", str(cfg), "--run-dir", str(tmp_path / "new"), "-q")
+    check_fails(result, *needles)
+    assert "Traceback" not in result.output and isinstance(result.exception, (SystemExit, type(None)))
+    assert not (tmp_path / "new").exists()
+
+
+def test_run_dir_under_a_file_is_refused(tmp_path):
+    cfg = tmp_path / "good.yaml"
+    cfg.write_text(GOOD)
+    (tmp_path / "afile").write_text("x")
+    result = invoke("run", str(cfg), "--run-dir", str(tmp_path / "afile" / "run"), "-q")
+    check_fails(result, "afile", "is a file")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_resume_of_an_incomplete_directory_is_refused(tmp_path, existing_run):
+    before = snapshot(existing_run)  # its config.yaml is not a config
+    check_fails(invoke("run", "--resume", str(existing_run), "-q"), "config.yaml", "unknown key")
+    (existing_run / "config.yaml").write_text(GOOD)  # a config, but no run.json: not a run lorapop wrote
+    before = snapshot(existing_run)
+    check_fails(invoke("run", "--resume", str(existing_run), "-q"), str(existing_run), "not a complete lorapop run")
+    assert snapshot(existing_run) == before

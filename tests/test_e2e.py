@@ -26,6 +26,7 @@ groups:
       - {{name: format_exact}}
       - {{name: answer_numeric}}
       - {{name: "tests.reward_fixtures:my_reward", weight: 0.0}}
+      - {{name: "tests.reward_fixtures:inf_reward"}}
   - name: data
     env: {{type: dataset, path: rows.jsonl, template: "{{question}}",
            system_prompt: "Solve it. Reply as <think>work</think><answer>number</answer>."}}
@@ -93,6 +94,21 @@ def test_broken_reward_is_recorded_not_fatal(e2e_run):
     steps = pd.read_parquet(run_dir / "steps")
     assert (steps.loc[steps.group == "data", "reward_failures"] == 1).all()
     assert steps.loc[steps.group == "data", "reward/broken_reward"].isna().all()
+
+
+def test_an_infinite_reward_counts_as_a_failed_reward(e2e_run):
+    """#12: +inf from a reward function fails that function on that batch (an event naming the value);
+    it never reaches the advantages, so the group learns from its other rewards and no weight turns
+    non-finite."""
+    run_dir, _ = e2e_run
+    events = pd.read_parquet(run_dir / "events")
+    inf = events[(events["kind"] == "reward_failure") & events["detail"].str.contains("inf_reward")]
+    assert set(inf["group"]) == {"arith"} and len(inf) == STEPS and inf["detail"].str.contains("reward 0 is inf").all()
+    assert not (events["kind"] == "update_skipped").any()
+    steps = pd.read_parquet(run_dir / "steps")
+    arith = steps[steps.group == "arith"]
+    assert (arith["reward_failures"] == 1).all() and arith["reward/inf_reward"].isna().all()
+    assert arith["reward"].map(lambda x: x == x and abs(x) < 10).all() and (arith["grad_norm"] > 0).any()
 
 
 def test_conversational_user_rewards_ran_unchanged(e2e_run):
@@ -165,3 +181,33 @@ def test_overlong_dataset_prompts_are_dropped_and_counted(tmp_path, tiny_model_p
     assert ev.group == "d" and ev.value == 2 and ev.step == 0
     samples = pd.read_parquet(tmp_path / "run" / "samples")
     assert not samples["prompt"].str.contains("carefully").any() and samples["prompt_index"].nunique() == 6
+
+
+def test_a_group_that_can_learn_nothing_is_named_once(tmp_path, tiny_model_path):
+    """#12: every reward constant (a word the model never writes), so every advantage is 0: after 3 steps
+    the console says so once, naming the group and its reward function, and events/ records it."""
+    (tmp_path / "c.yaml").write_text(f"""
+seed: 1
+steps: 5
+base_model: {tiny_model_path}
+eval_prompts: 0
+grpo: {{prompts_per_step: 2, group_size: 4, max_completion_length: 16}}
+groups:
+  - name: mute
+    rewards: [{{name: "tests.reward_fixtures:contains", params: {{word: "@@never@@"}}}}]
+""")
+    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("learns nothing") == 1
+    assert "group mute learns nothing" in proc.stderr and "contains_reward" in proc.stderr
+    events = pd.read_parquet(tmp_path / "run" / "events")
+    (row,) = events[events["kind"] == "no_signal"].itertuples()
+    assert row.group == "mute" and row.step == 3
+
+
+def test_a_run_prints_no_library_chatter(e2e_run):
+    """#12: Ray's token-auth notice for lorapop's own cluster and transformers' deprecation warnings are
+    not the user's business."""
+    _, proc = e2e_run
+    for noise in ("Token authentication", "FutureWarning", "past_key_values"):
+        assert noise not in proc.stderr + proc.stdout, noise

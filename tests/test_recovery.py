@@ -49,6 +49,20 @@ def test_killed_group_actor_is_restarted_without_lost_steps(tmp_path, tiny_model
     assert set(pd.read_parquet(run_dir / "leaderboard.parquet")["status"]) == {"ok"}
 
 
+def test_when_every_group_fails_the_run_ends_with_exit_1_and_a_complete_leaderboard(tmp_path, tiny_model_path):
+    """#12: no crash, no traceback; the message names every group and why; the leaderboard says failed."""
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("max_restarts: 2", "max_restarts: 0"))
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "-q",
+                   env={"LORAPOP_FAULTS": "raise:a:2;raise:b:2"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "every group failed: a, b" in proc.stderr and proc.stderr.count("injected fault in group") == 2
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    assert sorted(board["group"]) == ["a", "b"] and set(board["status"]) == {"failed"}
+    steps = pd.read_parquet(run_dir / "steps")
+    assert sorted(set(steps["step"])) == [1]  # step 1 learned; the run ended with step 2, nothing left to train
+
+
 def test_group_that_keeps_failing_is_marked_failed(tmp_path, tiny_model_path):
     (tmp_path / "c.yaml").write_text(CONFIG)
     run_dir = tmp_path / "run"

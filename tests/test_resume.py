@@ -76,6 +76,19 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(config):
     assert len(a["steps"]) == 6 * 3 and not a["steps"].duplicated(KEYS["steps"]).any()
 
 
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(config):
+    """#12: resuming a run that has finished exits 0 at once, saying it is complete; no file changes."""
+    straight = config / "straight"  # finished by the test above
+    if not (straight / "leaderboard.parquet").is_file():
+        proc = run_cli("run", str(config / "c.yaml"), "--run-dir", str(straight), "-q")
+        assert proc.returncode == 0, proc.stderr
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in straight.rglob("*") if p.is_file()}
+    proc = run_cli("run", "--resume", str(straight), "-q")
+    assert proc.returncode == 0 and "already complete" in proc.stderr, proc.stderr
+    assert "leaderboard" in proc.stdout
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in straight.rglob("*") if p.is_file()} == before
+
+
 def test_resume_refuses_what_is_not_a_run(tmp_path):
     proc = run_cli("run", "--resume", str(tmp_path))
     assert proc.returncode == 2 and "not a lorapop run directory" in proc.stderr

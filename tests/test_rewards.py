@@ -196,3 +196,15 @@ def test_score_all_nan_row_totals_zero_and_is_flagged():
 
     result = score([("a", none_first, 1.0), ("b", none_first, 2.0)], ["p", "p"], ["x", "y"], {"answer": [1, 2]})
     assert result.total == [0.0, 6.0] and result.unscorable == [True, False]
+
+
+def test_an_infinite_reward_fails_its_function_and_nan_means_no_reward():
+    """#12: inf would make a whole group's advantages NaN: the function counts as failed on the batch;
+    a NaN is a missing reward (as None), summed over with nansum as TRL does."""
+    ones = lambda prompts, completions, **kw: [1.0] * len(completions)  # noqa: E731
+    blows = lambda prompts, completions, **kw: [2.0, -math.inf]  # noqa: E731
+    gaps = lambda prompts, completions, **kw: [math.nan, 3.0]  # noqa: E731
+    r = score([("ones", ones, 1.0), ("blows", blows, 1.0), ("gaps", gaps, 1.0)], ["p", "p"], ["a", "b"], {})
+    assert "blows" in r.failures and "reward 1 is -inf" in r.failures["blows"]
+    assert all(math.isnan(x) for x in r.per_function["blows"]) and "gaps" not in r.failures
+    assert r.total == [1.0, 4.0]
