@@ -45,7 +45,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress view."),
 ) -> None:
     """Train the population described by CONFIG and write Parquet results to the run directory."""
-    from engine.coordinator import default_run_dir, resume as resume_population, run as run_population
+    from engine.coordinator import RunStopped, default_run_dir, resume as resume_population, run as run_population
     from engine.loading import ConfigError, load_config
     from engine.progress import LiveProgress, leaderboard_table
 
@@ -65,6 +65,8 @@ def run(
                                             log=lambda m: err.print(m, highlight=False))
         except (ConfigError, NotImplementedError) as e:
             _fail(str(e))
+        except (KeyboardInterrupt, RunStopped) as e:
+            _stopped(resume, e)
         _finish(summary)
         return
     overrides = list(overrides or [])
@@ -87,7 +89,32 @@ def run(
                                      log=lambda m: err.print(m, highlight=False))
     except (ConfigError, NotImplementedError) as e:
         _fail(str(e))
+    except (KeyboardInterrupt, RunStopped) as e:
+        _stopped(target, e)
     _finish(summary)
+
+
+def _stopped(run_dir: Path, e: BaseException) -> None:
+    """A run stopped by Ctrl-C (exit 130) or SIGTERM (143): where it got to and how to go on."""
+    import re
+
+    from engine.checkpoint import latest_checkpoint
+    from engine.coordinator import RunStopped
+
+    name = e.signal_name if isinstance(e, RunStopped) else "Ctrl-C"
+    code = 143 if name == "SIGTERM" else 130
+    if not (run_dir / "config.yaml").is_file():
+        err.print(f"stopped ({name}) before the run started; nothing was written", highlight=False)
+        raise typer.Exit(code)
+    steps = [int(re.findall(r"\d+", p.stem)[0]) for p in (run_dir / "steps").glob("part-*.parquet")]
+    try:
+        found = latest_checkpoint(run_dir)
+    except (OSError, ValueError, KeyError):
+        found = None
+    where = f"step {found[0]}'s checkpoint" if found else "the start (no checkpoint yet)"
+    err.print(f"stopped ({name}) after step {max(steps, default=0)}; resuming continues from {where}:\n"
+              f"  lorapop run --resume {run_dir}", highlight=False, soft_wrap=True)  # one line to copy
+    raise typer.Exit(code)
 
 
 def _finish(summary) -> None:

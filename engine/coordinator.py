@@ -115,6 +115,29 @@ PASSED_ENV = ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_
               "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "LORAPOP_CACHE", FAULTS_ENV)
 
 
+class RunStopped(Exception):
+    """The run was stopped from outside (SIGTERM, e.g. a scheduler's stop); raised in the main thread."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _stop_on_sigterm():
+    """SIGTERM ends the run as Ctrl-C does (an exception unwinding through the coordinator, Ray shut
+    down), not through Ray's driver handler (``sys.exit`` at any point, native aborts on the way out).
+    Returns the handler it replaced (None off the main thread)."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise RunStopped("SIGTERM")
+
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGTERM, stop)
+    return None
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Start (or connect to) Ray; returns True when this call started it."""
     import ray
@@ -200,6 +223,7 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
     history = read_table(run_dir, "steps").to_dict("records")
     evals = read_table(run_dir, "evals").to_dict("records")
     started = _init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    previous_sigterm = _stop_on_sigterm()
     try:
         population = Population(plans, model_path, run_dir, pop_cfg.max_restarts, log, resolve_backend(cfg.backend),
                                 cfg.rollout.model_dump(), resolve_training(cfg.training.model_dump()),
@@ -254,6 +278,10 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             import ray
 
             ray.shutdown()
+        if previous_sigterm is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous_sigterm)
     events_table = read_table(run_dir, "events")
     reasons = {} if events_table.empty else dict(zip(events_table.loc[events_table["kind"] == "failed", "group"],
                                                      events_table.loc[events_table["kind"] == "failed", "detail"]))

@@ -89,6 +89,41 @@ def test_resume_of_a_finished_run_says_so_and_touches_nothing(config):
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in straight.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("sig, code, name", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+def test_a_stopped_run_says_where_it_stopped_and_how_to_resume(tmp_path, tiny_model_path, sig, code, name):
+    """#12: Ctrl-C (SIGINT to the process group) and a scheduler's SIGTERM end the run cleanly: one
+    message with the step and the exact resume command, exit 128 + signal, no traceback, and the
+    resume finishes the run."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    (tmp_path / "c.yaml").write_text(f"steps: 6\nbase_model: {tiny_model_path}\neval_prompts: 0\n"
+                                     "grpo: {prompts_per_step: 2, group_size: 4, max_completion_length: 16}\n"
+                                     "groups:\n  - {name: a}\n")
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "LORAPOP_FAULTS"}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", str(tmp_path / "c.yaml"), "--run-dir",
+                             str(run_dir), "-q"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while not (run_dir / "steps" / "part-000002.parquet").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    if sig == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err[-3000:]
+    assert f"stopped ({name}) after step" in err and f"lorapop run --resume {run_dir}\n" in err
+    assert "Traceback" not in err
+    done = run_cli("run", "--resume", str(run_dir), "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(set(pd.read_parquet(run_dir / "steps")["step"])) == list(range(1, 7))
+
+
 def test_resume_refuses_what_is_not_a_run(tmp_path):
     proc = run_cli("run", "--resume", str(tmp_path))
     assert proc.returncode == 2 and "not a lorapop run directory" in proc.stderr
