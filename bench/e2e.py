@@ -179,7 +179,7 @@ def lorapop_config(args, device: str, vllm: bool) -> dict:
         "seed": args.seed, "steps": args.steps, "base_model": args.model,
         "backend": "auto" if device == "cuda" else "hf",
         "training": {"device": device, **json.loads(args.training)},  # defaults: see engine/config.py
-        **({"rollout": json.loads(args.rollout)} if json.loads(args.rollout) else {}),
+        **({"rollout": rollout} if (rollout := json.loads(args.rollout)) else {}),
         "eval_prompts": 0, "samples_per_step": 0,
         "grpo": grpo, "lora": {"r": args.r, "alpha": args.alpha, "target_modules": "all-linear"},
         "population": {"strategy": "none"}, **({"ray": {"torch_threads": args.threads}} if args.threads else {}),

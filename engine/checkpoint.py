@@ -12,12 +12,11 @@ what makes a resumed run's tables equal an uninterrupted run's: nothing lost, no
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 from engine.faults import fault_point
-from engine.results import TABLES, write_atomic_bytes
+from engine.results import TABLES, part_step, write_atomic_bytes
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -50,7 +49,7 @@ def discard_after(run_dir: Path, step: int) -> list[Path]:
     removed = []
     for table in TABLES:
         for part in (Path(run_dir) / table).glob("part-*.parquet"):
-            if int(re.findall(r"\d+", part.stem)[0]) > step:
+            if part_step(part) > step:
                 part.unlink()
                 removed.append(part)
         for tmp in (Path(run_dir) / table).glob(".*.tmp"):

@@ -96,17 +96,16 @@ def run(
 
 def _stopped(run_dir: Path, e: BaseException) -> None:
     """A run stopped by Ctrl-C (exit 130) or SIGTERM (143): where it got to and how to go on."""
-    import re
-
     from engine.checkpoint import latest_checkpoint
     from engine.coordinator import RunStopped
+    from engine.results import part_step
 
     name = e.signal_name if isinstance(e, RunStopped) else "Ctrl-C"
     code = 143 if name == "SIGTERM" else 130
     if not (run_dir / "config.yaml").is_file():
         err.print(f"stopped ({name}) before the run started; nothing was written", highlight=False)
         raise typer.Exit(code)
-    steps = [int(re.findall(r"\d+", p.stem)[0]) for p in (run_dir / "steps").glob("part-*.parquet")]
+    steps = [part_step(p) for p in (run_dir / "steps").glob("part-*.parquet")]
     try:
         found = latest_checkpoint(run_dir)
     except (OSError, ValueError, KeyError):

@@ -238,7 +238,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             # 1. every live group's GRPO step (rollouts batched across groups), while the last
             # checkpoint's files are written; it counts (LATEST) once they are complete
             outs, events = population.step(step)
-            pending = _commit_written(population, pending, run_dir, pop_cfg.keep_checkpoints)
+            _commit_written(population, pending, run_dir, pop_cfg.keep_checkpoints)
+            pending = None
             metrics = [o["metrics"] for o in outs]
             samples = [s for o in outs for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])]
             events += [event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
@@ -283,8 +284,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
 
             signal.signal(signal.SIGTERM, previous_sigterm)
     events_table = read_table(run_dir, "events")
-    reasons = {} if events_table.empty else dict(zip(events_table.loc[events_table["kind"] == "failed", "group"],
-                                                     events_table.loc[events_table["kind"] == "failed", "detail"]))
+    failed = events_table[events_table["kind"] == "failed"] if not events_table.empty else events_table
+    reasons = dict(zip(failed.get("group", []), failed.get("detail", [])))
     return RunSummary(run_dir=run_dir, leaderboard=board, seconds=time.time() - t_start,
                       failed_groups=population.failed, failures={g: reasons.get(g, "") for g in population.failed})
 
@@ -334,7 +335,6 @@ def _commit_written(population, pending: dict | None, run_dir: Path, keep: int) 
         population.checkpoint_written()  # (recovery may have waited for it already)
         if population.checkpoint_step == pending["step"]:
             commit_checkpoint(run_dir, pending["step"], pending, keep)
-    return None
 
 
 def _rebalance(population, step: int, cfg: RunConfig, cohorts: dict[str, str], history: list[dict],

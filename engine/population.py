@@ -354,22 +354,20 @@ class Population:
         ray.get(self.trainer.save_checkpoint.remote(str(d), self.hparams()))
         self.pending_checkpoint = step
 
-    def checkpoint_written(self) -> int | None:
-        """Wait for the checkpoint being written; returns its step once its files are complete (recovery
-        starts from it from then on), or None (none pending, or lost with a trainer that died)."""
+    def checkpoint_written(self) -> None:
+        """Wait for the checkpoint being written; once its files are complete it is ``checkpoint_step``
+        (recovery starts from it). One lost with a trainer that died is dropped."""
         import ray
 
         step, self.pending_checkpoint = self.pending_checkpoint, None
         if step is None:
-            return None
+            return
         try:
             written = ray.get(self.trainer.wait_saved.remote())
         except ray.exceptions.RayActorError:
-            return None  # the trainer died with it
-        if str(checkpoint_dir(self.run_dir, step)) not in written:
-            return None
-        self.checkpoint_step = step
-        return step
+            return  # the trainer died with it
+        if str(checkpoint_dir(self.run_dir, step)) in written:
+            self.checkpoint_step = step
 
     def hparams(self) -> dict[str, dict]:
         import ray

@@ -41,6 +41,11 @@ def event_row(step: int, group: str, kind: str, detail: str = "", **extra) -> di
     return row
 
 
+def part_step(path: Path) -> int:
+    """The step (index) of a ``part-<index>.parquet`` file."""
+    return int(Path(path).stem.split("-", 1)[1])
+
+
 def write_atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:

@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from engine.rollout.types import RolloutRequest, RolloutResult
 
@@ -136,11 +137,20 @@ def vllm_adapter_config(lora: dict, model_path: str, keys: list[str]) -> dict:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
 
 
-def fresh_adapter_dir(root: Path, group: str, version: int) -> Path:
-    """A directory name under ``root/group`` that no publish has used (a new one per version)."""
+def write_adapter_dir(root: str | Path, group: str, version: int, config: dict,
+                      write_weights: Callable[[Path], None]) -> Path:
+    """A new adapter directory ``root/<group>/v<version>-<random>`` (never reused, so vLLM never serves
+    stale weights under an old path): ``write_weights(path)`` writes adapter_model.safetensors,
+    then adapter_config.json (``config``); written under a temporary name and renamed into place."""
     import uuid
 
-    return Path(root) / group / f"v{version}-{uuid.uuid4().hex[:12]}"
+    target = Path(root) / group / f"v{version}-{uuid.uuid4().hex[:12]}"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.mkdir(parents=True)
+    write_weights(tmp / "adapter_model.safetensors")
+    (tmp / "adapter_config.json").write_text(json.dumps(config))
+    os.replace(tmp, target)
+    return target
 
 
 class VLLMRollout:
@@ -189,38 +199,34 @@ class VLLMRollout:
 
     def publish_many(self, adapters: dict[str, tuple[int, dict]]) -> dict[str, int]:
         """``publish`` of several groups in one call: ``{group: (version, state_dict)}``. The adapter
-        files are written in parallel, then loaded into the engine one after another."""
+        files are written in parallel, then loaded into the engine one after another (``load_published``)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        unknown = sorted(set(adapters) - set(self.lora))
-        if unknown:
-            raise KeyError(f"unknown group {unknown[0]!r}")
-        t0 = time.perf_counter()
-        jobs = [(g, v, st, self._fresh_dir(g, v)) for g, (v, st) in adapters.items()]
-        with ThreadPoolExecutor(max_workers=min(8, len(jobs)) or 1) as pool:
-            list(pool.map(lambda job: self._write(*job), jobs))
-        t1 = time.perf_counter()
-        for g, v, _, target in jobs:
-            self._load(g, v, target)
-        t2 = time.perf_counter()
-        self.last_publish = {"write_s": t1 - t0, "load_s": t2 - t1, "total_s": t2 - t0, "adapters": len(jobs)}
-        return {g: v for g, v, _, _ in jobs}
-
-    def _fresh_dir(self, group: str, version: int) -> Path:
-        return fresh_adapter_dir(self.root, group, version)
-
-    def _write(self, group: str, version: int, state_dict: dict, target: Path) -> None:
-        """The adapter's files, written whole under a temporary name and renamed into place."""
         import torch
         from safetensors.torch import save_file
 
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.mkdir(parents=True)
+        self._check_known(adapters)
         dtype = getattr(torch, self.adapter_dtype())
-        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
-        save_file(tensors, str(tmp / "adapter_model.safetensors"))
-        (tmp / "adapter_config.json").write_text(json.dumps(self.adapter_config(group, tensors)))
-        os.replace(tmp, target)
+
+        def write(item) -> tuple[str, tuple[int, str]]:
+            group, (version, state_dict) = item
+            tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+            config = vllm_adapter_config(self.lora[group], self.model_path, list(tensors))
+            return group, (version, str(write_adapter_dir(self.root, group, version, config,
+                                                          lambda path: save_file(tensors, str(path)))))
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=min(8, len(adapters)) or 1) as pool:
+            written = dict(pool.map(write, adapters.items()))
+        write_s = time.perf_counter() - t0
+        versions = self.load_published(written)
+        self.last_publish = {**self.last_publish, "write_s": write_s, "total_s": time.perf_counter() - t0}
+        return versions
+
+    def _check_known(self, groups) -> None:
+        unknown = sorted(set(groups) - set(self.lora))
+        if unknown:
+            raise KeyError(f"unknown group {unknown[0]!r}")
 
     def _load(self, group: str, version: int, target: Path) -> None:
         """Load ``target`` into the engine as ``group``'s adapter (a new id and name) and drop the old one."""
@@ -238,11 +244,7 @@ class VLLMRollout:
         self.current[group] = request
         self.versions[group] = version
 
-    def adapter_config(self, group: str, tensors: dict) -> dict:
-        """``vllm_adapter_config`` of ``group``."""
-        return vllm_adapter_config(self.lora[group], self.model_path, list(tensors))
-
-    # --- adapters written by the trainer itself: no state dict through Ray -------------------------
+    # --- adapters written by the trainer itself (no state dict through Ray), and by publish_many ----
 
     def publish_target(self) -> dict:
         """Where a trainer on this node writes adapters for ``load_published``: this actor's adapter root,
@@ -255,9 +257,7 @@ class VLLMRollout:
         """Serve adapters the trainer wrote (``{group: (version, directory)}``, each complete and renamed
         into place under ``publish_target()["root"]/<group>``): loaded one after another, old versions
         unloaded and deleted."""
-        unknown = sorted(set(adapters) - set(self.lora))
-        if unknown:
-            raise KeyError(f"unknown group {unknown[0]!r}")
+        self._check_known(adapters)
         t0 = time.perf_counter()
         for g, (v, path) in adapters.items():
             self._load(g, v, Path(path))

@@ -261,9 +261,9 @@ def fused_grpo_step(model: MultiLoRAModel, batches: list[GroupBatch], token_budg
         raise ValueError("two batches for one slot")
     skipped = {g: r for g, b in enumerate(batches) if (r := _input_fault(b))}  # on the host, before any copy
     batches = [_on(b, model.device) for b in batches]
-    weights_ok = finite_each([slots[g].params for g in range(len(batches)) if g not in skipped])
-    skipped.update({g: "non-finite adapter weights" for g, ok in
-                    zip([g for g in range(len(batches)) if g not in skipped], weights_ok) if not ok})
+    ready = [g for g in range(len(batches)) if g not in skipped]
+    skipped.update({g: "non-finite adapter weights" for g, ok in zip(ready, finite_each([slots[g].params for g in ready]))
+                    if not ok})
     while True:
         live = [g for g in range(len(batches)) if g not in skipped]
         try:
@@ -313,7 +313,7 @@ def _targets(model, batches, slots, live, token_budget, share_prompt) -> dict[in
     out = {}
     for g in live:
         b = batches[g]
-        old = (pre.get((g, slots[g].sid)) if b.loss.is_correction else b.old_logp)  # [B, L] or None
+        old = pre.get((g, slots[g].sid)) if b.loss.is_correction else b.old_logp  # [B, L] or None
         is_w = importance_weights(old, b.old_logp, b.mask, b.loss.is_mode, b.loss.is_cap) \
             if b.loss.is_correction and old is not None else None
         out[g] = _Targets(old, is_w, pre.get((g, -1)), aggregation_weights(b.loss.loss_type, b.mask, b.loss.max_len))

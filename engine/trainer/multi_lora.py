@@ -92,9 +92,8 @@ class MultiLoRALinear(nn.Module):
                 delta = F.linear(F.linear(x[rows].to(dtype), a), b) * self.scaling[sid]  # [b, T, out]
                 if isinstance(rows, slice):
                     deltas.append((rows.start, rows.stop, delta))
-                else:
-                    y = y.index_add(0, rows, delta.to(y.dtype)) if y.dtype == delta.dtype else \
-                        y.index_put((rows,), (y[rows] + delta).to(y.dtype))
+                else:  # (delta is in y's dtype: both are x's)
+                    y = y.index_add(0, rows, delta)
                 continue
             # k adjacent slots with as many rows each and one rank: one batched GEMM pair for all k
             k, n, lo = len(run), run[0][1].stop - run[0][1].start, run[0][1].start

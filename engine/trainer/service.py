@@ -9,7 +9,6 @@ Checkpoints hold each slot's adapter, optimizer state, version and its group's h
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -120,20 +119,15 @@ class TrainerService:
         return time.perf_counter() - t0
 
     def write_adapter(self, group: str, root: str, dtype: str = "bfloat16") -> Path:
-        """``group``'s current adapter as a vLLM/PEFT adapter directory in a fresh ``root/<group>/v<N>-...``,
-        written whole under a temporary name and renamed into place; returns it."""
-        from engine.rollout.vllm import fresh_adapter_dir, vllm_adapter_config
+        """``group``'s current adapter as a vLLM/PEFT adapter directory (``write_adapter_dir``) under
+        ``root``, from one flat buffer in ``dtype``; returns it."""
+        from engine.rollout.vllm import vllm_adapter_config, write_adapter_dir
         from engine.trainer.slots import flat_adapter, write_safetensors
 
         layout, flat = flat_adapter(self.model.slots[group], dtype)
-        target = fresh_adapter_dir(Path(root), group, self.versions[group])
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.mkdir(parents=True)
-        write_safetensors(tmp / "adapter_model.safetensors", layout, flat)
         config = vllm_adapter_config(self.specs[group].lora, self.model_path, [k for k, _ in layout])
-        (tmp / "adapter_config.json").write_text(json.dumps(config))
-        os.replace(tmp, target)
-        return target
+        return write_adapter_dir(root, group, self.versions[group], config,
+                                 lambda path: write_safetensors(path, layout, flat))
 
     def adapter_states(self, groups: list[str], dtype: str = "float32") -> dict[str, dict]:
         """``groups``' adapters as PEFT-format state dicts on the host, cast to ``dtype`` on the device
