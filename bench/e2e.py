@@ -68,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rollout", default="{}", help="lorapop's rollout: section as JSON, e.g. "
                     "'{\"in_process\": true, \"engine_kwargs\": {\"compilation_config\": {\"cudagraph_specialize_lora\": false}}}'")
     ap.add_argument("--training", default="{}", help="lorapop's training: section as JSON, e.g. '{\"micro_batch_tokens\": 16384}'")
+    ap.add_argument("--population", default="{}", help="lorapop's population: section as JSON, e.g. '{\"checkpoint_interval\": 5}'")
     ap.add_argument("--trl-runs", type=int, default=None,
                     help="TRL runs actually made (default: one per group); the N runs' sums are then N x their "
                          "mean (the runs are alike: same settings, other seeds), said in the table")
@@ -182,7 +183,7 @@ def lorapop_config(args, device: str, vllm: bool) -> dict:
         **({"rollout": rollout} if (rollout := json.loads(args.rollout)) else {}),
         "eval_prompts": 0, "samples_per_step": 0,
         "grpo": grpo, "lora": {"r": args.r, "alpha": args.alpha, "target_modules": "all-linear"},
-        "population": {"strategy": "none"}, **({"ray": {"torch_threads": args.threads}} if args.threads else {}),
+        "population": {"strategy": "none", **json.loads(args.population)}, **({"ray": {"torch_threads": args.threads}} if args.threads else {}),
         "groups": [{"name": "g", "num_groups": args.groups, "env": {"type": "arithmetic", "difficulty": 1},
                     "rewards": [{"name": "format_exact"}, {"name": "answer_numeric"}]}],
     }
@@ -207,13 +208,24 @@ def run_lorapop(args, device: str, vllm: bool, tmp: Path) -> dict:
     df = pd.read_parquet(run_dir / "steps")
     curve = df.groupby("step")["reward"].mean().sort_index()
     last = df[df["step"] > df["step"].max() - LAST]
+    phases = phase_split(df, warm)
     events = pd.read_parquet(run_dir / "events")
     runtime = sorted(set(events.loc[events["kind"] == "runtime", "detail"]))  # each service's torch, kernels, threads
     return {"wall_s": t["wall_s"], "startup_s": ready - t["start"], "first_step_s": ends[0] - t["start"],
-            "step_seconds": seconds, "steady_step_s": step_s, "steady_skips": warm, "memory": t["memory"],
-            "reward_curve": curve.tolist(), "final_reward": float(curve.iloc[-LAST:].mean()),
+            "step_seconds": seconds, "steady_step_s": step_s, "steady_skips": warm, "phases": phases,
+            "memory": t["memory"], "reward_curve": curve.tolist(), "final_reward": float(curve.iloc[-LAST:].mean()),
             "final_reward_by_group": last.groupby("group")["reward"].mean().to_dict(),
             "runtime": runtime, "config": lorapop_config(args, device, vllm)}
+
+
+def phase_split(steps, warm: int) -> dict[str, float]:
+    """Median seconds of each phase of a step (the ``time/*`` columns of the ``steps`` table, the slowest
+    group's) over the steps after the first ``warm``; ``rollout`` is the sampling inside ``generate``."""
+    cols = [c for c in steps.columns if c.startswith("time/")]
+    per_step = steps.groupby("step")[cols].max().sort_index()
+    per_step = per_step.iloc[warm:] if len(per_step) > warm else per_step
+    return {c.removeprefix("time/").removesuffix("_s"): float(statistics.median(per_step[c].dropna()))
+            for c in cols if per_step[c].notna().any()}
 
 
 # --- TRL: N runs, one after another --------------------------------------------------------------
@@ -416,6 +428,8 @@ def main() -> None:
         result["ratios"] = ratios
     result["loadavg_after"] = os.getloadavg()
     print_table(result)
+    if "lorapop" in result:
+        print("lorapop per-step phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in result["lorapop"]["phases"].items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--micro-batch-tokens", type=int, default=0, help="0: the whole batch in one pass")
     ap.add_argument("--no-share-prompts", action="store_true")
-    ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the fused trainer")
+    ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the fused trainer and the PEFT baseline")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", type=int, default=0, help="profile one fused step of this many groups")
     return ap.parse_args()
@@ -108,6 +108,9 @@ def main() -> None:
     lora = {"r": args.r, "alpha": 2 * args.r, "dropout": 0.0, "target_modules": "all-linear"}
     peft = get_peft_model(load_base(path, args.dtype, args.device), peft_lora_config(**lora))
     vocab = peft.config.vocab_size if hasattr(peft, "config") else peft.base_model.model.config.vocab_size
+    if args.checkpointing:  # as TRL's default: transformers' non-reentrant checkpointing, in training mode
+        peft.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft.train()
     opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
     one = make_job("g0", vocab, args, 0)
     peft_s = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -41,18 +40,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rollout", default="{}", help="lorapop's rollout: section as JSON (bench/e2e.py)")
     ap.add_argument("--training", default="{}", help="lorapop's training: section as JSON (bench/e2e.py)")
+    ap.add_argument("--population", default="{}", help="lorapop's population: section as JSON (bench/e2e.py)")
     ap.add_argument("--out", default="bench/scaling.json")
     return ap.parse_args()
-
-
-def split(run_dir: Path, warm: int) -> dict[str, float]:
-    """Median per-step seconds of each phase over the steps after ``warm`` (the slowest group's)."""
-    import pandas as pd
-
-    df = pd.read_parquet(run_dir / "steps")
-    per_step = df.groupby("step")[["time/rollout_s", "time/train_s", "time/publish_s"]].max().sort_index()
-    per_step = per_step.iloc[warm:] if len(per_step) > warm else per_step
-    return {c.removeprefix("time/").removesuffix("_s"): float(statistics.median(per_step[c])) for c in per_step}
 
 
 def main() -> None:
@@ -70,10 +60,11 @@ def main() -> None:
             d = Path(tmp) / f"n{n}"
             d.mkdir()
             r = e2e.run_lorapop(run_args, device, vllm, d)
-            phases = split(d / "lorapop-run", r["steady_skips"])
+            split = r["phases"]
+            phases = {k: split.get(k, 0.0) for k in ("rollout", "train", "publish")}
             other = r["steady_step_s"] - sum(phases.values())
             mem = r["memory"].get("gpu_mib", r["memory"].get("rss_mib"))
-            rows.append({"groups": n, "step_s": r["steady_step_s"], **phases, "other": other, "peak_mib": mem,
+            rows.append({"groups": n, "step_s": r["steady_step_s"], **phases, "other": other, "phases": split, "peak_mib": mem,
                          "wall_s": r["wall_s"], "first_step_s": r["first_step_s"], "final_reward": r["final_reward"]})
             print(f"N={n:3d}  step {r['steady_step_s']:7.2f} s  rollout {phases['rollout']:6.2f}  train "
                   f"{phases['train']:6.2f}  publish {phases['publish']:6.2f}  other {other:6.2f}  "

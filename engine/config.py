@@ -230,7 +230,7 @@ class PopulationConfig(_Strict):
     perturb: list[Literal["lr", "temperature", "beta"]] = Field(["lr", "temperature", "beta"], description="exploit_explore: hyper-parameters to perturb.")
     reallocate_prompts: int = Field(1, ge=1, description="reallocate: prompts per step moved from a trailing group to its cohort's best.")
     min_prompts_per_step: int = Field(1, ge=1, description="reallocate: no group goes below this many prompts per step.")
-    checkpoint_interval: int = Field(1, ge=1, description="Checkpoint (adapters, optimizer and RNG states, coordinator) every N steps; resume and recovery start from the latest.")
+    checkpoint_interval: int = Field(10, ge=1, description="Checkpoint (adapters, optimizer and RNG states, coordinator) every N steps and at the last; resume and recovery start from the latest and redo the steps after it.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     max_restarts: int = Field(2, ge=0, description="Restarts of a failing group actor before the group is marked failed.")
 
@@ -244,8 +244,8 @@ class RolloutConfig(_Strict):
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="vLLM weights dtype (its LoRA kernels need bfloat16 or float16).")
     num_gpus: float = Field(0.4, ge=0, description="Ray GPU resource of the rollout actor (fractional: colocated with the group actors).")
     enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start, slower decode).")
-    in_process: bool = Field(False, description="Run vLLM's engine core in the rollout actor's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0, as TRL's colocate mode) instead of spawning another one: a faster start, one process fewer.")
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Further vllm.LLM keyword arguments, passed as they are, e.g. {max_num_seqs: 256, compilation_config: {cudagraph_specialize_lora: false}}. May not repeat a field of this section.")
+    in_process: bool = Field(True, description="Run vLLM's engine core in the rollout actor's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0, as TRL's colocate mode) instead of spawning another one: a faster start, one process fewer.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Further vllm.LLM keyword arguments, e.g. {max_num_batched_tokens: 8192}. Over lorapop's own: max_num_seqs = one step's requests of all groups, compilation_config {cudagraph_specialize_lora: false, max_cudagraph_capture_size: max_num_seqs} (a compilation_config dict is merged key by key). May not repeat a field of this section.")
 
     @field_validator("engine_kwargs")
     @classmethod

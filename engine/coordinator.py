@@ -241,6 +241,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             _commit_written(population, pending, run_dir, pop_cfg.keep_checkpoints)
             pending = None
             metrics = [o["metrics"] for o in outs]
+            for m in metrics:  # the population's phases (begin, generate, observe, prepare, finish, step)
+                m.update({f"time/{k}_s": v for k, v in population.phases.items() if f"time/{k}_s" not in m})
             samples = [s for o in outs for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])]
             events += [event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
                        for o in outs for fn, err in o["failures"].items()]

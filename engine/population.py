@@ -56,12 +56,14 @@ class Population:
         self.failed: list[str] = []
         self.checkpoint_step: int | None = None  # the last checkpoint whose files are complete
         self.pending_checkpoint: int | None = None  # the one being written
+        self.phases: dict[str, float] = {}  # seconds of each phase of the latest step (``time/<phase>_s``)
         adapters = {p.name: p.lora for p in plans}
         if backend == "vllm":
-            from engine.rollout.vllm import VLLMRollout
+            from engine.rollout.vllm import VLLMRollout, engine_defaults
 
             opts = dict(rollout or {})
-            opts.update(opts.pop("engine_kwargs", None) or {})  # further vllm.LLM arguments, as they are
+            batch = sum(p.grpo["prompts_per_step"] * p.grpo["group_size"] for p in plans)  # one step's requests
+            opts.update(engine_defaults(batch, opts.pop("engine_kwargs", None)))  # further vllm.LLM arguments
             self.rollout = ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4))(VLLMRollout).remote(
                 model_path, adapters, **opts)
         else:
@@ -124,6 +126,8 @@ class Population:
         (single-turn, multi-turn and game agents alike) is one generate call."""
         events: list[dict] = []
         groups = self.live
+        self.phases = {}
+        t0 = time.perf_counter()
         try:
             outs, failed = self._play(step, groups, set(groups))
         except _TrainerDied as e:
@@ -132,7 +136,16 @@ class Population:
         for g, error in failed.items():
             partners = [p for p in waiting if p in self._partners(g)]
             outs.update(self._recover(g, step, error, events, partners))
+        self.phases["step"] = time.perf_counter() - t0
         return [outs[g] for g in groups if g in outs], events
+
+    def _timed(self, phase: str, fn: Callable, *args):
+        """``fn(*args)``, its seconds added to ``self.phases[phase]``."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - t0
 
     def _partners(self, group: str) -> list[str]:
         game = self.game_of.get(group)
@@ -156,7 +169,7 @@ class Population:
         for name in sorted(games):
             rows = self._reset_game(name, step, evaluation)
             refs.update({g: start(g, rows) for g in self.games[name].agents.values()})
-        started, failed = self._gather(refs)
+        started, failed = self._timed("begin", self._gather, refs)
         pending = {g: r for g, r in started.items() if r is not None}
         # 2. rounds of turns: one generate call each, until every episode is over
         while True:
@@ -174,8 +187,9 @@ class Population:
             names = list(pending)
             results_ref = self.rollout.generate.remote([pending[g] for g in names])
             fault_point("rollout", step)
-            results = ray.get(results_ref)
-            observed, errors = self._gather({g: self.actors[g].observe.remote(r) for g, r in zip(names, results)})
+            results = self._timed("generate", ray.get, results_ref)
+            observed, errors = self._timed("observe", self._gather,
+                                           {g: self.actors[g].observe.remote(r) for g, r in zip(names, results)})
             failed.update(errors)
             pending = {}
             for g, o in observed.items():
@@ -211,7 +225,7 @@ class Population:
 
         refs = {g: self.actors[g].prepare.remote(step) for g in solo if g in learners and g not in failed}
         refs.update({g: self.actors[g].prepare.remote(step, *o) for g, o in self._game_outcomes(games, learners, failed).items()})
-        jobs, errors = self._gather(refs)
+        jobs, errors = self._timed("prepare", self._gather, refs)
         failed = {**failed, **errors}
         if not jobs:
             return {}, failed
@@ -223,8 +237,9 @@ class Population:
             publish_s = ray.get(self.trainer.publish.remote(self.rollout, [r.slot for r in results if not r.skipped]))
         except ray.exceptions.RayActorError as e:
             raise _TrainerDied(f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}") from None
-        outs, errors = self._gather({g: self.actors[g].finish.remote(step, r, train_s, publish_s)
-                                     for g, r in zip(names, results)})
+        self.phases.update(train=train_s, publish=publish_s)
+        outs, errors = self._timed("finish", self._gather, {g: self.actors[g].finish.remote(step, r, train_s, publish_s)
+                                                            for g, r in zip(names, results)})
         return outs, {**failed, **errors}
 
     def _reset_game(self, name: str, step: int, evaluation: dict | None) -> list[dict]:

@@ -111,3 +111,18 @@ def test_trainer_defaults_per_device_unless_told(tmp_path, device, share, ckpt, 
     assert resolved["device"] == device
     assert (resolved["share_prompts"], resolved["gradient_checkpointing"], resolved["micro_batch_tokens"]) == expected
     assert resolved["dtype"] == ("bfloat16" if device == "cuda" else "float32")
+
+
+def test_vllm_engine_is_sized_to_one_step_and_the_users_engine_kwargs_win():
+    """#11: max_num_seqs = one step's requests (rounded up to 8), CUDA graphs up to that batch, no graphs
+    without LoRA; what the user sets in rollout.engine_kwargs wins, a compilation_config merged key by key."""
+    from engine.rollout.vllm import engine_defaults
+
+    kw = engine_defaults(8 * 4 * 8)
+    assert kw["max_num_seqs"] == 256
+    assert kw["compilation_config"] == {"cudagraph_specialize_lora": False, "max_cudagraph_capture_size": 256}
+    assert engine_defaults(3)["max_num_seqs"] == 8 and engine_defaults(2048)["compilation_config"]["max_cudagraph_capture_size"] == 512
+    mine = engine_defaults(256, {"max_num_seqs": 64, "compilation_config": {"cudagraph_specialize_lora": True}, "enforce_eager": True})
+    assert mine["max_num_seqs"] == 64 and mine["enforce_eager"] is True
+    assert mine["compilation_config"] == {"cudagraph_specialize_lora": True, "max_cudagraph_capture_size": 64}
+    assert engine_defaults(256, {"compilation_config": 0})["compilation_config"] == 0  # a level: the user's as it is

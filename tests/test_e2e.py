@@ -61,6 +61,10 @@ def test_run_directory_holds_every_table(e2e_run):
     for col in ["reward", "reward/format_exact", "accuracy", "kl", "loss", "grad_norm", "lr", "completion_len_mean",
                 "time/rollout_s", "time/train_s", "time/publish_s", "adapter_version"]:
         assert col in steps.columns, col
+    # each phase of the step, for benchmarks (bench/e2e.py prints their medians): they add up to no more than it
+    phases = ["time/begin_s", "time/generate_s", "time/observe_s", "time/prepare_s", "time/train_s",
+              "time/publish_s", "time/finish_s"]
+    assert (steps[phases] >= 0).all().all() and (steps[phases].sum(axis=1) <= steps["time/step_s"] + 1e-6).all()
     assert steps.groupby("group")["adapter_version"].apply(list).map(lambda v: sorted(v) == list(range(STEPS))).all()
     samples = pd.read_parquet(run_dir / "samples")
     assert len(samples) == STEPS * 2 * 4 * 8

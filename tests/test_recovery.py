@@ -4,6 +4,7 @@ a group that keeps failing is marked failed while the others finish, and the exi
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from tests.conftest import run_cli
 
@@ -12,21 +13,24 @@ seed: 4
 steps: 5
 eval_prompts: 2
 grpo: {prompts_per_step: 2, group_size: 4, max_completion_length: 32, lr: 0.003}
-population: {max_restarts: 2}
+population: {max_restarts: 2, checkpoint_interval: 1}
 groups:
   - {name: a}
   - {name: b}
 """
 
 
-def test_killed_group_actor_is_restarted_without_lost_steps(tmp_path, tiny_model_path):
+@pytest.mark.parametrize("interval", [1, 10])
+def test_killed_group_actor_is_restarted_without_lost_steps(tmp_path, tiny_model_path, interval):
+    """From the last checkpoint: step 2's with a checkpoint every step; the start (step 0) with the
+    default interval of 10, its steps redone. Either way no step is lost and versions carry on."""
     import ray
 
     from engine.coordinator import run
     from engine.loading import load_config
     from engine.population import actor_name
 
-    (tmp_path / "c.yaml").write_text(CONFIG)
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("checkpoint_interval: 1", f"checkpoint_interval: {interval}"))
     cfg, config_dir = load_config(tmp_path / "c.yaml")
     run_dir = tmp_path / "run"
     killed = []
@@ -42,8 +46,9 @@ def test_killed_group_actor_is_restarted_without_lost_steps(tmp_path, tiny_model
     assert sorted(zip(steps["step"], steps["group"])) == [(s, g) for s in range(1, 6) for g in ("a", "b")]
     events = pd.read_parquet(run_dir / "events")
     (restart,) = events[events.kind == "restart"].itertuples()
-    assert restart.group == "b" and restart.step == 3 and "checkpoint step 2" in restart.detail
-    # restored from the step-2 checkpoint: the adapter version carries on (2 -> served at step 3)
+    from_step = 2 if interval == 1 else 0
+    assert restart.group == "b" and restart.step == 3 and f"checkpoint step {from_step}" in restart.detail
+    # restored from the checkpoint (and steps after it redone): the adapter version carries on (2 -> served at step 3)
     b = steps[steps.group == "b"].set_index("step")
     assert list(b["adapter_version"]) == [0, 1, 2, 3, 4]
     assert set(pd.read_parquet(run_dir / "leaderboard.parquet")["status"]) == {"ok"}

@@ -17,6 +17,7 @@ steps: 6
 eval_prompts: 3
 grpo: {prompts_per_step: 2, group_size: 4, max_completion_length: 24, lr: 0.003}
 population:
+  checkpoint_interval: 1
   eval_interval: 2
   strategy: exploit_explore
   rebalance_frequency: 3

@@ -75,6 +75,31 @@ def build_llm(model_path: str, *, lora_rank: int | None, max_loras: int = 1, max
                logprobs_mode="processed_logprobs", **lora, **llm_kwargs)
 
 
+def engine_defaults(batch: int, engine_kwargs: dict | None = None) -> dict:
+    """``vllm.LLM`` arguments sized for a rollout service whose largest ``generate`` is ``batch`` requests
+    (every group's prompts x samples), under the user's ``engine_kwargs`` (which win; a
+    ``compilation_config`` dict is merged key by key).
+
+    - ``max_num_seqs``: ``batch`` rounded up to 8, as TRL sizes its colocated engine to its batch: vLLM's
+      default (1024 on a large GPU) captures CUDA graphs for batch sizes no step ever runs.
+    - ``compilation_config.max_cudagraph_capture_size``: that many sequences (at most 512).
+    - ``compilation_config.cudagraph_specialize_lora: false``: every request lorapop sends carries an
+      adapter, so graphs without LoRA are never replayed; capturing them doubled the graphs.
+
+    >>> engine_defaults(250)["max_num_seqs"], engine_defaults(250, {"max_num_seqs": 64})["compilation_config"]
+    (256, {'cudagraph_specialize_lora': False, 'max_cudagraph_capture_size': 64})
+    """
+    user = dict(engine_kwargs or {})
+    seqs = int(user.get("max_num_seqs") or max(8, -(-batch // 8) * 8))
+    compilation = {"cudagraph_specialize_lora": False, "max_cudagraph_capture_size": min(seqs, 512)}
+    given = user.pop("compilation_config", None)
+    if isinstance(given, dict):
+        compilation.update(given)
+    elif given is not None:  # a compilation level, or a CompilationConfig: the user's, as it is
+        compilation = given
+    return {"max_num_seqs": seqs, **user, "compilation_config": compilation}
+
+
 def sampling_params(r: RolloutRequest, prompt: int, sample: int, eos_token_id: int | None, ignore_eos: bool = False):
     """vLLM ``SamplingParams`` of one completion: its sampled token's log-prob, no detokenising."""
     from vllm import SamplingParams

@@ -78,8 +78,6 @@ class TrainerService:
     def train(self, jobs: list[TrainJob]) -> list[GroupResult]:
         """Every group's GRPO update in one fused step; a group whose loss, gradient or new weights are
         non-finite is left as it was (``skipped``). Updated slots get a new version."""
-        import torch
-
         from engine.trainer.fused import fused_grpo_step
         from engine.trainer.slots import set_hparams
 
@@ -89,8 +87,8 @@ class TrainerService:
         for r in results:
             if not r.skipped:
                 self.versions[r.slot] += 1
-        if self.device == "cuda":  # hand cached activation memory back: the GPU is shared with vLLM
-            torch.cuda.empty_cache()
+        # (the allocator keeps its cached blocks: vLLM's share of the GPU is reserved when its engine starts,
+        # and emptying the cache every step made each step allocate its activations anew)
         return results
 
     # --- 7. publish -------------------------------------------------------------------------------
@@ -110,9 +108,8 @@ class TrainerService:
                 target["root"] = None  # another node: its adapter directory is not ours to write
             self.publish_to = target
         if self.publish_to["root"] is not None:
-            paths = {g: (self.versions[g], str(self.write_adapter(g, self.publish_to["root"], self.publish_to["dtype"])))
-                     for g in names}
-            ray.get(rollout.load_published.remote(paths))
+            written = self.write_adapters(names, self.publish_to["root"], self.publish_to["dtype"])
+            ray.get(rollout.load_published.remote({g: (self.versions[g], str(written[g])) for g in names}))
         else:
             states = self.adapter_states(names, self.publish_to["dtype"])
             ray.get(rollout.publish_many.remote({g: (self.versions[g], states[g]) for g in names}))
@@ -120,14 +117,26 @@ class TrainerService:
 
     def write_adapter(self, group: str, root: str, dtype: str = "bfloat16") -> Path:
         """``group``'s current adapter as a vLLM/PEFT adapter directory (``write_adapter_dir``) under
-        ``root``, from one flat buffer in ``dtype``; returns it."""
-        from engine.rollout.vllm import vllm_adapter_config, write_adapter_dir
-        from engine.trainer.slots import flat_adapter, write_safetensors
+        ``root``, in ``dtype``; returns it."""
+        return self.write_adapters([group], root, dtype)[group]
 
-        layout, flat = flat_adapter(self.model.slots[group], dtype)
-        config = vllm_adapter_config(self.specs[group].lora, self.model_path, [k for k, _ in layout])
-        return write_adapter_dir(root, group, self.versions[group], config,
-                                 lambda path: write_safetensors(path, layout, flat))
+    def write_adapters(self, groups: list[str], root: str, dtype: str = "bfloat16") -> dict[str, Path]:
+        """``write_adapter`` of each group: all cast on the device and copied to the host at once, the
+        files written in parallel."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from engine.rollout.vllm import vllm_adapter_config, write_adapter_dir
+        from engine.trainer.slots import flat_adapters, write_safetensors
+
+        def write(item) -> tuple[str, Path]:
+            group, (layout, flat) = item
+            config = vllm_adapter_config(self.specs[group].lora, self.model_path, [k for k, _ in layout])
+            return group, write_adapter_dir(root, group, self.versions[group], config,
+                                            lambda path: write_safetensors(path, layout, flat))
+
+        flats = flat_adapters([self.model.slots[g] for g in groups], dtype)
+        with ThreadPoolExecutor(max_workers=min(8, len(groups)) or 1) as pool:
+            return dict(pool.map(write, zip(groups, flats)))
 
     def adapter_states(self, groups: list[str], dtype: str = "float32") -> dict[str, dict]:
         """``groups``' adapters as PEFT-format state dicts on the host, cast to ``dtype`` on the device

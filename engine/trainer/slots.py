@@ -163,18 +163,30 @@ def state_dict(slot: Slot) -> dict[str, torch.Tensor]:
 def flat_adapter(slot: Slot, dtype: str = "float32") -> tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]:
     """The adapter as ``([(PEFT key, shape)], one flat host tensor)``: every weight in key order, cast to
     ``dtype`` on the slot's device, then one device-to-host copy."""
-    named = _named_params(slot)
+    return flat_adapters([slot], dtype)[0]
+
+
+def flat_adapters(slots: list[Slot], dtype: str = "float32") -> list[tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]]:
+    """``flat_adapter`` of each slot, from one cast and one device-to-host copy for all of them (each
+    slot's flat tensor a view of that host buffer)."""
+    if not slots:
+        return []
+    named = [_named_params(s) for s in slots]
     with torch.no_grad():
-        flat = torch.cat([p.detach().reshape(-1) for _, p in named]).to(getattr(torch, dtype)).cpu()
-    return [(k, tuple(p.shape)) for k, p in named], flat
+        flat = torch.cat([p.detach().reshape(-1) for n in named for _, p in n]).to(getattr(torch, dtype)).cpu()
+    out, offset = [], 0
+    for n in named:
+        size = sum(p.numel() for _, p in n)
+        out.append(([(k, tuple(p.shape)) for k, p in n], flat[offset:offset + size]))
+        offset += size
+    return out
 
 
 def state_dicts(slots: list[Slot], dtype: str = "float32") -> dict[str, dict[str, torch.Tensor]]:
     """``state_dict`` of each slot, cast to ``dtype`` on the slots' device and moved to the host in one
-    copy per slot (``flat_adapter``), then one host tensor per key."""
+    copy (``flat_adapters``), then one host tensor per key."""
     out = {}
-    for slot in slots:
-        layout, flat = flat_adapter(slot, dtype)
+    for slot, (layout, flat) in zip(slots, flat_adapters(slots, dtype)):
         out[slot.name], offset = {}, 0
         for k, shape in layout:
             n = math.prod(shape)
@@ -205,7 +217,7 @@ def write_safetensors(path: str | Path, layout: list[tuple[str, tuple[int, ...]]
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
-        f.write(flat.contiguous().view(torch.uint8).numpy().tobytes())
+        f.write(flat.contiguous().view(torch.uint8).numpy())  # the buffer itself, not a copy of it
 
 
 def load_state_dict(slot: Slot, adapter: Mapping[str, torch.Tensor]) -> None:
