@@ -26,6 +26,7 @@ class GroupPlan:
     grpo: dict[str, Any]
     lora: dict[str, Any]
     extra_sys_path: list[str] = field(default_factory=list)
+    steps: int = 0  # the run's steps (reward functions see it as TRL's trainer_state.max_steps)
 
 
 def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
@@ -46,7 +47,7 @@ def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
             plans.append(GroupPlan(
                 name=name, cohort=spec.cohort or spec.name, seed=base_seed + k, env=env, rewards=rewards,
                 tags=spec.format.model_dump(), grpo=spec.grpo.model_dump(), lora=spec.lora.model_dump(),
-                extra_sys_path=[str(Path.cwd()), str(config_dir)],
+                extra_sys_path=[str(Path.cwd()), str(config_dir)], steps=cfg.steps,
             ))
     names = [p.name for p in plans]
     clash = sorted({n for n in names if names.count(n) > 1})
@@ -124,14 +125,16 @@ def build_games(plans: list[GroupPlan]) -> tuple[dict[str, Any], dict[str, int]]
     return games, prompts
 
 
-def build_rewards(rewards: list[dict[str, Any]], tags: dict[str, str]) -> list[tuple[str, Callable, float]]:
-    """``(unique_name, fn, weight)`` per configured reward; repeated names get ``_2``, ``_3``."""
+def build_rewards(rewards: list[dict[str, Any]], tags: dict[str, str], search: list[str] | None = None
+                  ) -> list[tuple[str, Callable, float]]:
+    """``(unique_name, fn, weight)`` per configured reward; repeated names get ``_2``, ``_3``. ``search``:
+    the user's folders for ``module:function`` rewards (a plan's ``extra_sys_path``), searched first."""
     from rewards.registry import load_reward
 
     out: list[tuple[str, Callable, float]] = []
     seen: dict[str, int] = {}
     for spec in rewards:
-        fn = load_reward(spec["name"], spec.get("params"), defaults=tags)
+        fn = load_reward(spec["name"], spec.get("params"), defaults=tags, search=search or ())
         base = getattr(fn, "__name__", None) or spec["name"].rpartition(":")[2]
         seen[base] = seen.get(base, 0) + 1
         out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", fn, float(spec.get("weight", 1.0))))

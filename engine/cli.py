@@ -47,7 +47,7 @@ def run(
     """Train the population described by CONFIG and write Parquet results to the run directory."""
     from engine.coordinator import RunStopped, default_run_dir, resume as resume_population, run as run_population
     from engine.loading import ConfigError, load_config
-    from engine.progress import LiveProgress, leaderboard_table
+    from engine.progress import LiveProgress
 
     if resume is not None:
         if config or overrides or run_dir:
@@ -157,13 +157,16 @@ def plot(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG path (default RUN_DIR/plot.png)."),
 ) -> None:
-    """Write a PNG of each group's reward and accuracy over steps, rebalancing events marked."""
-    from engine.plots import plot_run
+    """Write a PNG of each group's reward and accuracy over steps (rebalancing and failures marked) and,
+    when the run has held-out evaluations, its eval accuracy."""
+    from engine.plots import run_figure
 
     try:
-        path = plot_run(run_dir, output)
+        fig = run_figure(run_dir)
     except FileNotFoundError as e:
         _fail(str(e))
+    path = output or run_dir / "plot.png"
+    fig.savefig(path, dpi=110)
     out.print(f"wrote {path}")
 
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +34,7 @@ from engine.checkpoint import commit_checkpoint, discard_after, latest_checkpoin
 from engine.config import RunConfig
 from engine.faults import ENV as FAULTS_ENV
 from engine.loading import ConfigError, dump_config, load_config
-from engine.results import RunWriter, event_row, read_table, write_atomic_bytes
+from engine.results import RunWriter, event_row, read_table, reward_names, write_atomic_bytes
 from engine.scores import group_scores, leaderboard
 from groups.rebalance import STRATEGIES, relative_gaps
 
@@ -67,11 +68,33 @@ def preflight(plans: list[GroupPlan]) -> None:
             except (DatasetError, ValueError, KeyError) as e:
                 raise ConfigError(f"group {plan.name} (env): {e}") from None
         try:
-            build_rewards(plan.rewards, plan.tags)
+            build_rewards(plan.rewards, plan.tags, plan.extra_sys_path)  # found as the group actors find them
         except RewardLoadError as e:
             raise ConfigError(f"group {plan.name} (rewards): {e}") from None
         if rows and not isinstance(rows[0].get("prompt"), (str, list)):
             raise ConfigError(f"group {plan.name} (env): rows need a 'prompt' string or message list")
+
+
+def _check_first_rewards(outs: list[dict]) -> None:
+    """A reward function that raised for every group that calls it in step 1 is a configuration error
+    (a wrong signature, a missing column, a missing package), not a run's bad luck: ``ConfigError``. (One
+    that returned an infinite value failed on its data: recorded, as in later steps.)"""
+    users: dict[str, list[str]] = {}
+    failed: dict[str, list[tuple[str, str]]] = {}
+    for o in outs:
+        group = o["metrics"]["group"]
+        for key in o["metrics"]:
+            if key.startswith("reward/"):
+                users.setdefault(key.removeprefix("reward/"), []).append(group)
+        for fn, err in o["failures"].items():
+            if not err.startswith("NonFiniteReward"):  # an inf on some sample is the data's, not the config's
+                failed.setdefault(fn, []).append((group, err))
+    broken = [fn for fn, where in failed.items() if len(where) == len(users.get(fn, []))]
+    if broken:
+        lines = [f"reward function {fn!r} failed on every call of step 1 (group {failed[fn][0][0]}: {failed[fn][0][1]})"
+                 for fn in broken]
+        raise ConfigError("; ".join(lines) + "; fix it (TRL's signature: fn(prompts, completions, **kwargs) -> "
+                          "list of floats) and run again")
 
 
 def default_run_dir(cfg: RunConfig, config_name: str) -> Path:
@@ -164,9 +187,33 @@ def _prepare(cfg: RunConfig, config_dir: Path, log) -> tuple[list[GroupPlan], st
     from engine.models import resolve_base_model
 
     try:
-        return plans, resolve_base_model(cfg.base_model, cfg.tiny_model.model_dump(), log=log)
+        model_path = resolve_base_model(cfg.base_model, cfg.tiny_model.model_dump(), log=log)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_prompt_lengths(plans, model_path)
+    return plans, model_path
+
+
+def check_prompt_lengths(plans: list[GroupPlan], model_path: str) -> None:
+    """A dataset group none of whose training prompts fits ``grpo.max_prompt_length`` tokens (the group
+    actor drops over-long rows, never cuts them) is a configuration error, found before the run starts."""
+    from engine.models import load_tokenizer, prompt_ids
+
+    datasets = [p for p in plans if p.env.get("type") == "dataset"]
+    if not datasets:
+        return
+    tokenizer = load_tokenizer(model_path)
+    shortest: dict[str, int] = {}  # dataset path -> its shortest training prompt, in tokens
+    for plan in datasets:
+        path = plan.env["path"]
+        if path not in shortest:
+            env = build_env(plan.env, plan.seed, plan.tags)
+            shortest[path] = min(len(prompt_ids(tokenizer, row["prompt"])) for row in env.batch(0, len(env)))
+        limit = plan.grpo["max_prompt_length"]
+        if shortest[path] > limit:
+            raise ConfigError(f"group {plan.name} (env): every prompt of {path} is longer than grpo.max_prompt_length "
+                              f"= {limit} tokens (the shortest has {shortest[path]}); raise max_prompt_length or "
+                              f"shorten the prompts")
 
 
 def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict], None] | None = None,
@@ -184,8 +231,14 @@ def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict
     except OSError as e:
         raise ConfigError(f"{run_dir}: cannot create the run directory: {e.strerror or e}") from None
     write_atomic_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
-    write_atomic_bytes(run_dir / "run.json", json.dumps({"config_dir": str(config_dir)}).encode())
-    return _train(cfg, plans, model_path, run_dir, 0, {}, on_step, log, t_start)
+    # the base each adapter goes on: as configured (builtin:tiny, a hub name) and where this machine has it
+    write_atomic_bytes(run_dir / "run.json", json.dumps({"config_dir": str(config_dir), "base_model": cfg.base_model,
+                                                         "base_model_path": model_path}).encode())
+    try:
+        return _train(cfg, plans, model_path, run_dir, 0, {}, on_step, log, t_start)
+    except ConfigError:  # found once the run had started (a reward failing in step 1): nothing is kept
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def resume(run_dir: Path, on_step: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> RunSummary:
@@ -218,7 +271,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
     from engine.population import Population
 
     pop_cfg = cfg.population
-    writer = RunWriter(run_dir)
+    writer = RunWriter(run_dir, reward_names(plans))  # one schema per table for the whole run, resumes too
+    writer.create_tables()  # every table readable from the start, even one never written to
     cohorts = {p.name: p.cohort for p in plans}
     history = read_table(run_dir, "steps").to_dict("records")
     evals = read_table(run_dir, "evals").to_dict("records")
@@ -244,6 +298,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             for m in metrics:  # the population's phases (begin, generate, observe, prepare, finish, step)
                 m.update({f"time/{k}_s": v for k, v in population.phases.items() if f"time/{k}_s" not in m})
             samples = [s for o in outs for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])]
+            if step == 1:
+                _check_first_rewards(outs)
             events += [event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
                        for o in outs for fn, err in o["failures"].items()]
             events += [event_row(step, o["metrics"]["group"], "update_skipped", o["skipped"]) for o in outs if o["skipped"]]
@@ -275,6 +331,7 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
         adapter_dirs = population.save_adapters()
         board = leaderboard(pd.DataFrame(history), pd.DataFrame(evals), cohorts, adapter_dirs, population.failed,
                             pop_cfg.score_metric, pop_cfg.score_window)
+        board["base_model"], board["base_model_path"] = cfg.base_model, model_path  # what each adapter goes on
         writer.write_leaderboard(board)
     finally:
         if started:

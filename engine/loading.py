@@ -55,6 +55,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     except yaml.YAMLError:
         value = raw
     parts = key.strip().split(".")
+    value = _from_cwd(parts[-1], value)
     node: Any = data
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -72,6 +73,27 @@ def apply_override(data: dict[str, Any], item: str) -> None:
                 node = node.setdefault(part, {})
         else:
             raise ConfigError(f"override {key!r}: '{'.'.join(parts[:i])}' is not a mapping")
+
+
+def _from_cwd(key: str, value: Any) -> Any:
+    """A file named on the command line is relative to the working directory, not to the config's
+    folder: an ``env.path`` (dataset) or a ``path/to/file.py:function`` reward becomes absolute.
+
+    >>> import os; _from_cwd("path", "rows.jsonl") == os.path.join(os.getcwd(), "rows.jsonl")
+    True
+    """
+    if isinstance(value, dict):
+        return {k: _from_cwd(k, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_cwd(key, v) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    if key == "path" and not Path(value).expanduser().is_absolute():
+        return str(Path.cwd() / Path(value).expanduser())
+    module, sep, fn = value.rpartition(":")
+    if key in ("name", "rewards") and sep and module.endswith(".py") and not Path(module).is_absolute():
+        return f"{Path.cwd() / module}:{fn}"
+    return value
 
 
 def format_validation(err: ValidationError, source: str) -> str:

@@ -86,6 +86,14 @@ def load_tokenizer(path: str):
     return tok
 
 
+def prompt_ids(tokenizer, prompt) -> list[int]:
+    """A prompt's token ids as the model sees them: a conversation through the chat template (with the
+    generation prompt), a plain string as it is."""
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) \
+        if isinstance(prompt, list) else prompt
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def load_base(path: str, dtype: str = "float32", device: str = "cpu"):
     """The frozen base model in eval mode."""
     import torch

@@ -22,12 +22,26 @@ from engine.results import event_row
 from groups.rebalance import Decision
 
 
+ROWS_USED = "rows_used"
+"""Key of a group's dataset position (training rows consumed) in a checkpoint's hyper-parameters."""
+
+
 class _ReplayError(RuntimeError):
     """A group (or a game partner) failed again while its steps were being redone."""
 
 
 class _TrainerDied(RuntimeError):
     """The trainer service died (its process, not one group's update): restart it from the checkpoint."""
+
+
+def _kill(actor) -> None:
+    """Kill an actor for good (one that died already is fine)."""
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already dead
+        pass
 
 
 def actor_name(run_dir: Path, group: str) -> str:
@@ -44,8 +58,6 @@ class Population:
         with auto resolved;
         ``torch_threads``: CPU threads of each service that runs the model (None: every core; the
         rollout and the trainer take turns)."""
-        import ray
-
         self.plans = {p.name: p for p in plans}
         self.model_path, self.run_dir, self.max_restarts, self.log = model_path, Path(run_dir), max_restarts, log
         self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus": 0.0, "share_prompts": True,
@@ -57,19 +69,9 @@ class Population:
         self.checkpoint_step: int | None = None  # the last checkpoint whose files are complete
         self.pending_checkpoint: int | None = None  # the one being written
         self.phases: dict[str, float] = {}  # seconds of each phase of the latest step (``time/<phase>_s``)
-        adapters = {p.name: p.lora for p in plans}
-        if backend == "vllm":
-            from engine.rollout.vllm import VLLMRollout, engine_defaults
-
-            opts = dict(rollout or {})
-            batch = sum(p.grpo["prompts_per_step"] * p.grpo["group_size"] for p in plans)  # one step's requests
-            opts.update(engine_defaults(batch, opts.pop("engine_kwargs", None)))  # further vllm.LLM arguments
-            self.rollout = ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4))(VLLMRollout).remote(
-                model_path, adapters, **opts)
-        else:
-            from engine.rollout.hf import HFRollout
-
-            self.rollout = ray.remote(num_cpus=0)(HFRollout).remote(model_path, adapters, torch_threads)
+        self.rollout_events: list[dict] = []  # restarts of the rollout service, reported with the step's events
+        self.backend, self.rollout_settings, self.rollout_restarts = backend, dict(rollout or {}), 0
+        self.rollout = self._spawn_rollout()
         self.trainer = self._spawn_trainer()  # starts while the rollout engine starts
         self.games, self.game_prompts = build_games(plans)  # multi-agent games, played from here
         self.game_of = {g: name for name, episodes in self.games.items() for g in episodes.agents.values()}
@@ -84,6 +86,48 @@ class Population:
         return ray.remote(num_cpus=0, max_restarts=0)(GroupActor).options(
             name=actor_name(self.run_dir, plan.name) + (f"#{k}" if k else ""), namespace="lorapop",
         ).remote(plan, self.model_path)
+
+    def _spawn_rollout(self):
+        """The rollout service: every group's adapter on one base (vLLM multi-LoRA, or the hf backend)."""
+        import ray
+
+        adapters = {p.name: p.lora for p in self.plans.values()}
+        name = f"lorapop-rollout:{self.run_dir.name}" + (f"#{self.rollout_restarts}" if self.rollout_restarts else "")
+        if self.backend == "vllm":
+            from engine.rollout.vllm import VLLMRollout, engine_defaults
+
+            opts = dict(self.rollout_settings)
+            batch = sum(p.grpo["prompts_per_step"] * p.grpo["group_size"] for p in self.plans.values())  # one step's requests
+            opts.update(engine_defaults(batch, opts.pop("engine_kwargs", None)))  # further vllm.LLM arguments
+            return ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4), max_restarts=0)(VLLMRollout).options(
+                name=name, namespace="lorapop").remote(self.model_path, adapters, **opts)
+        from engine.rollout.hf import HFRollout
+
+        return ray.remote(num_cpus=0, max_restarts=0)(HFRollout).options(name=name, namespace="lorapop").remote(
+            self.model_path, adapters, self.threads)
+
+    def _generate(self, step: int, requests: list) -> list:
+        """One generate call for every group's requests; a rollout service that died is restarted with the
+        groups' current adapters and asked again (``restart`` event), up to ``max_restarts`` times. Its
+        sampling is seeded per request, so the step's completions are the ones it would have given."""
+        import ray
+
+        while True:
+            ref = self.rollout.generate.remote(requests)
+            fault_point("rollout", step)
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+            if self.rollout_restarts >= self.max_restarts:
+                raise RuntimeError(f"the rollout service failed {self.rollout_restarts + 1} times; last: {error}")
+            self.rollout_restarts += 1
+            self.rollout_events.append(event_row(step, "rollout", "restart", f"restart {self.rollout_restarts}: {error}"))
+            self.log(f"restarting the rollout service (attempt {self.rollout_restarts}): {error}")
+            _kill(self.rollout)
+            self.rollout = self._spawn_rollout()
+            ray.get(self.trainer.forget_publish_target.remote())  # the new service has its own adapter directory
+            ray.get(self.trainer.publish.remote(self.rollout, self.live))
 
     def _spawn_trainer(self):
         import ray
@@ -136,6 +180,8 @@ class Population:
         for g, error in failed.items():
             partners = [p for p in waiting if p in self._partners(g)]
             outs.update(self._recover(g, step, error, events, partners))
+        events += self.rollout_events
+        self.rollout_events = []
         self.phases["step"] = time.perf_counter() - t0
         return [outs[g] for g in groups if g in outs], events
 
@@ -154,8 +200,6 @@ class Population:
     def _play(self, step: int, groups: list[str], learners: set[str], evaluation: dict | None = None) -> tuple[dict, dict]:
         """Play ``groups``' episodes of ``step`` (or a held-out evaluation: ``{"n", "temperature", "samples"}``),
         then ``learners`` learn (or evaluate). Returns (outputs by group, errors by group)."""
-        import ray
-
         solo = [g for g in groups if g not in self.game_of]
         games = {self.game_of[g] for g in groups if g in self.game_of}
         # 1. start: rows and first requests (a game's agents get the game's rows, and their turns from it)
@@ -185,9 +229,7 @@ class Population:
             if not pending:
                 break
             names = list(pending)
-            results_ref = self.rollout.generate.remote([pending[g] for g in names])
-            fault_point("rollout", step)
-            results = self._timed("generate", ray.get, results_ref)
+            results = self._timed("generate", self._generate, step, [pending[g] for g in names])
             observed, errors = self._timed("observe", self._gather,
                                            {g: self.actors[g].observe.remote(r) for g, r in zip(names, results)})
             failed.update(errors)
@@ -282,10 +324,7 @@ class Population:
             events.append(event_row(step, group, "restart", f"restart {self.restarts[group]} from checkpoint "
                                                           f"step {self.checkpoint_step or 0}: {error}"))
             self.log(f"restarting group {group} (attempt {self.restarts[group]}): {error}")
-            try:
-                ray.kill(self.actors[group], no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
+            _kill(self.actors[group])
             self.actors[group] = self._spawn(self.plans[group])
             try:
                 self._restore([group])
@@ -301,14 +340,19 @@ class Population:
 
         d = None if self.checkpoint_step is None else str(checkpoint_dir(self.run_dir, self.checkpoint_step))
         hps = ray.get(self.trainer.load_checkpoint.remote(d, groups))
-        ray.get([self.actors[g].set_hparams.remote(**hp) for g, hp in hps.items() if hp is not None])
+        calls = []
+        for g, hp in hps.items():
+            hp = dict(hp or {})
+            used = hp.pop(ROWS_USED, None)  # (None: from the start, or a checkpoint written before it was kept)
+            calls.append(self.actors[g].set_rows_used.remote(used, self.checkpoint_step or 0))
+            if hp:
+                calls.append(self.actors[g].set_hparams.remote(**hp))
+        ray.get(calls)
         ray.get(self.trainer.publish.remote(self.rollout, groups))
 
     def _recover_trainer(self, step: int, error: str, events: list[dict]) -> dict:
         """Restart the trainer service with every live group's slot from the last checkpoint, and redo the
         steps after it (all groups learn); up to ``max_restarts`` times. Returns ``step``'s outputs."""
-        import ray
-
         # the checkpoint the dead trainer was writing counts if every file of it made it (each is renamed
         # into place whole)
         pending, self.pending_checkpoint = self.pending_checkpoint, None
@@ -321,10 +365,7 @@ class Population:
             events.append(event_row(step, "trainer", "restart", f"restart {self.trainer_restarts} from checkpoint "
                                                               f"step {self.checkpoint_step or 0}: {error}"))
             self.log(f"restarting the trainer service (attempt {self.trainer_restarts}): {error}")
-            try:
-                ray.kill(self.trainer, no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
+            _kill(self.trainer)
             self.trainer = self._spawn_trainer()
             groups = self.live
             try:
@@ -366,7 +407,11 @@ class Population:
         import ray
 
         d = checkpoint_dir(self.run_dir, step)
-        ray.get(self.trainer.save_checkpoint.remote(str(d), self.hparams()))
+        groups = self.live
+        used = dict(zip(groups, ray.get([self.actors[g].rows_used.remote() for g in groups])))
+        # a group's dataset position travels with its hyper-parameters (restored apart from them: _restore)
+        hps = {g: {**hp, ROWS_USED: used[g]} for g, hp in self.hparams().items()}
+        ray.get(self.trainer.save_checkpoint.remote(str(d), hps))
         self.pending_checkpoint = step
 
     def checkpoint_written(self) -> None:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 BUILD_VERSION = 2  # bump when the recipe changes: old cache entries (and the shipped build) are then ignored
+PROGRESS_EVERY_S = 5.0  # a training phase logs its step and loss at most this often (and at its last step)
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "builtin-tiny"
 MANIFEST = "lorapop_build.json"
 SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
@@ -172,10 +173,10 @@ def build_tokenizer():
     return fast
 
 
-def _train_phase(model, batches, steps: int, lr: float, decay: bool, label: str, log) -> None:
+def _train_phase(model, batches, steps: int, lr: float, decay: bool, label: str, log, every_s: float) -> None:
     """AdamW over ``steps`` batches of ``(prompt_ids, target_ids)`` pairs; loss on the targets only.
-    20 warm-up steps, then constant (``decay=False``) or linear decay to 10% of ``lr``. Logs progress
-    every 100 steps."""
+    20 warm-up steps, then constant (``decay=False``) or linear decay to 10% of ``lr``. Logs the step,
+    loss, elapsed and estimated remaining seconds at most every ``every_s`` seconds, and the last step."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -183,6 +184,7 @@ def _train_phase(model, batches, steps: int, lr: float, decay: bool, label: str,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * shape(s))
     pad = model.config.pad_token_id
     model.train()
+    t0 = last = _clock()
     for step in range(steps):
         pairs = batches(step)
         seqs = [p + t for p, t in pairs]
@@ -196,8 +198,17 @@ def _train_phase(model, batches, steps: int, lr: float, decay: bool, label: str,
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"  {label} phase: step {step + 1}/{steps}, loss {loss.item():.3f}")
+        now = _clock()
+        if step + 1 == steps or now - last >= every_s:
+            last, elapsed = now, now - t0
+            when = (f"done in {elapsed:.0f}s" if step + 1 == steps
+                    else f"{elapsed:.0f}s elapsed, ~{elapsed / (step + 1) * (steps - step - 1):.0f}s to go")
+            log(f"  {label} phase: step {step + 1}/{steps}, loss {loss.item():.3f}, {when}")
+
+
+def _clock() -> float:
+    """Seconds for progress lines (a function of its own so tests can step time by hand)."""
+    return time.monotonic()
 
 
 def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: int, copy_steps: int, copy_lr: float,
@@ -220,6 +231,8 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(config)
+    log(f"  model: Llama, {num_layers} layers x {hidden_size} hidden, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; byte-level tokenizer, {len(tok)} tokens")
 
     def ids(text: str) -> list[int]:
         return tok(text, add_special_tokens=False)["input_ids"]
@@ -234,7 +247,8 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
         rows = [corpus.copy_example(copy_rng) for _ in range(32)]
         return [(ids(prompt + "\n"), ids(target) + [tok.eos_token_id]) for prompt, target in rows]
 
-    _train_phase(model, copy_batch, copy_steps, copy_lr, decay=False, label="copy", log=log)
+    log(f"  copy phase (1 of 2): {copy_steps} steps of 32 plain-text rows, lr {copy_lr:g}")
+    _train_phase(model, copy_batch, copy_steps, copy_lr, decay=False, label="copy", log=log, every_s=PROGRESS_EVERY_S)
 
     # Phase 2, format: 2 arithmetic rows per difficulty + 8 recall rows a step, chat template.
     envs = [ArithmeticEnv(seed=seed + 7919 * d, difficulty=d) for d in (1, 2, 3, 4)]
@@ -250,7 +264,9 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
         return [(chat(row["prompt"]), ids(corpus.pick_target(pick, variants, strict)) + [tok.eos_token_id])
                 for row, variants, strict in rows]
 
-    _train_phase(model, format_batch, sft_steps, sft_lr, decay=True, label="format", log=log)
+    log(f"  format phase (2 of 2): {sft_steps} steps of 16 chat rows, lr {sft_lr:g}")
+    _train_phase(model, format_batch, sft_steps, sft_lr, decay=True, label="format", log=log, every_s=PROGRESS_EVERY_S)
+    log("  saving model and tokenizer")
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id

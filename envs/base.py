@@ -26,6 +26,12 @@ class Env(ABC):
     def eval_rows(self, n: int) -> list[dict]:
         """Return the first ``n`` rows of a fixed held-out set (disjoint from training where possible)."""
 
+    def rows_from(self, start: int, n: int, step: int) -> list[dict]:
+        """The ``n`` training rows of ``step`` when ``start`` rows were taken before it. Generated tasks
+        draw a step's rows from the step (``batch``); a dataset continues at row ``start``, so a
+        ``prompts_per_step`` that changes mid-run (``reallocate``) skips and repeats no row."""
+        return self.batch(step, n)
+
     def drop_prompts(self, keep) -> int:
         """Drop rows for which ``keep(row)`` is False (e.g. over-long prompts); returns how many.
 

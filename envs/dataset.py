@@ -31,6 +31,13 @@ class DatasetError(ValueError):
 
 def _load_located(path: Path) -> list[tuple[str, dict]]:
     """Records of ``path`` each with its location for error messages (``file:line`` or ``file row k``)."""
+    try:
+        return _read_located(path)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
+def _read_located(path: Path) -> list[tuple[str, dict]]:
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     if path.is_dir():
@@ -58,8 +65,17 @@ def _load_located(path: Path) -> list[tuple[str, dict]]:
     elif suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
-            # line_num is the physical line the record ended on; the header is line 1.
-            out = [(f"{path}:{reader.line_num}", dict(r)) for r in reader]
+            out = []
+            try:
+                for r in reader:
+                    # line_num is the physical line the record ended on; the header is line 1.
+                    if None in r:  # more fields than the header names (csv keeps them under the key None)
+                        raise DatasetError(f"{path}:{reader.line_num}: {len(r) - 1 + len(r[None])} fields, the header "
+                                           f"names {len(reader.fieldnames or [])} ({', '.join(reader.fieldnames or [])}); "
+                                           f"quote values that hold a comma")
+                    out.append((f"{path}:{reader.line_num}", dict(r)))
+            except csv.Error as e:
+                raise DatasetError(f"{path}:{reader.line_num}: not valid CSV: {e}") from None
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -212,9 +228,15 @@ class DatasetEnv(Env):
         """Rows ``step * n`` .. ``step * n + n - 1`` of the endless sequence of shuffled epochs."""
         if step < 0 or n < 0:
             raise ValueError(f"step and n must be >= 0, got step={step}, n={n}")
+        return self.rows_from(step * n, n, step)
+
+    def rows_from(self, start: int, n: int, step: int = 0) -> list[dict]:
+        """Rows ``start`` .. ``start + n - 1`` of the endless sequence of shuffled epochs."""
+        if start < 0 or n < 0:
+            raise ValueError(f"start and n must be >= 0, got start={start}, n={n}")
         size = len(self._train)
         out = []
-        for i in range(step * n, step * n + n):
+        for i in range(start, start + n):
             epoch, pos = divmod(i, size)
             out.append(copy.deepcopy(self._train[self._epoch_order(epoch)[pos]]))
         return out

@@ -16,6 +16,7 @@ generates for all groups in one batch and the trainer service updates them all i
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from typing import TYPE_CHECKING, Any
@@ -53,9 +54,11 @@ class GroupActor:
         self.plan, self.name, self.hp = plan, plan.name, dict(plan.grpo)
         self.game_role = plan.env.get("role")  # a game agent: the coordinator plays the game
         self.env = None if self.game_role is not None else build_env(plan.env, plan.seed, plan.tags)
-        self.reward_fns = build_rewards(plan.rewards, plan.tags)
+        self.reward_fns = build_rewards(plan.rewards, plan.tags, plan.extra_sys_path)
         self.is_correct = accuracy_fn(plan.tags)
         self.is_formatted = load_reward("format_exact", defaults=plan.tags)
+        self._logged: tuple[dict, dict] = ({}, {})  # what reward functions logged while scoring (``_score``)
+        self._rows_used = 0  # training rows taken from the env so far
         self.tokenizer = load_tokenizer(model_path)
         self.dropped_prompts = 0 if self.env is None else self.env.drop_prompts(
             lambda row: len(self._prompt_ids(row["prompt"])) <= self.hp["max_prompt_length"])
@@ -70,6 +73,15 @@ class GroupActor:
         """The current hyper-parameters (what rebalancing compares and copies)."""
         return dict(self.hp)
 
+    def rows_used(self) -> int:
+        """Training rows taken from the env so far (where the next step's rows start; checkpointed)."""
+        return self._rows_used
+
+    def set_rows_used(self, n: int | None, step: int = 0) -> None:
+        """Restore the position (a checkpoint's); ``None``: the position after ``step`` steps of the current
+        ``prompts_per_step`` (a fresh start, or a checkpoint that predates the position)."""
+        self._rows_used = n if n is not None else step * self.hp["prompts_per_step"]
+
     def set_hparams(self, **hp) -> dict:
         """Change hyper-parameters (rebalancing; a checkpoint's on restore). The optimizer's (lr, betas,
         weight decay, grad clip) reach the group's trainer slot with its next batch."""
@@ -83,9 +95,9 @@ class GroupActor:
 
     def _prompt_ids(self, prompt) -> list[int]:
         """Chat template (conversations) or the plain string -> token ids."""
-        text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) \
-            if isinstance(prompt, list) else prompt
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        from engine.models import prompt_ids
+
+        return prompt_ids(self.tokenizer, prompt)
 
     def _encode(self, prompt) -> list[int]:
         """A first prompt's token ids; an over-long one (a generated task's) is an error, never truncated."""
@@ -102,8 +114,9 @@ class GroupActor:
         hp = self.hp
         sampling = {"max_new_tokens": hp["max_completion_length"], "temperature": hp["temperature"],
                     "top_p": hp["top_p"], "seed": step_seed(self.plan.seed, step), "greedy": False}
-        if rows is None:
-            rows = self.env.batch(step, hp["prompts_per_step"])
+        if rows is None:  # the next rows: however prompts_per_step changed (reallocate), none skipped or repeated
+            rows = self.env.rows_from(self._rows_used, hp["prompts_per_step"], step)
+            self._rows_used += hp["prompts_per_step"]
         return self._begin(rows, hp["group_size"], sampling)
 
     def begin_eval(self, n: int, temperature: float = 0.0, samples: int = 1,
@@ -149,19 +162,31 @@ class GroupActor:
                 request = self._episodes.request(observations, self._turn)
         return {"replies": replies, "request": request}
 
-    def _score(self, env_rewards: list[float] | None, success: list | None):
+    def _score(self, step: int, env_rewards: list[float] | None, success: list | None):
         """3. Rewards per function (TRL signature; an env's or game's reward is the ``env_reward`` column),
-        total, and correctness (the game's success, else the ``answer`` column)."""
+        total, and correctness (the game's success, else the ``answer`` column).
+
+        Every function gets what TRL's ``GRPOTrainer._calculate_rewards`` passes: ``prompts``,
+        ``completions``, ``completion_ids``, each dataset column (one value per completion),
+        ``trainer_state`` (``global_step`` = steps done, ``max_steps``), ``log_extra(column, values)``
+        and ``log_metric(name, value)`` (kept in the ``reward_log`` column of ``samples`` and ``steps``)."""
+        from transformers import TrainerState
+
         from rewards.scoring import score
 
         eps = self._episodes
         rows = [eps.rows[t.row] for t in eps.transcripts]
         prompts = [t.prompt for t in eps.transcripts]
         completions = eps.completions()
-        columns = {k: [row.get(k) for row in rows] for k in rows[0] if k != "prompt"}
+        columns = {k: [row.get(k) for row in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")}
         env_rewards = env_rewards if env_rewards is not None else self._env_rewards
         if env_rewards is not None:
             columns["env_reward"] = list(env_rewards)
+        self._logged = ({}, {})  # log_metric: name -> values; log_extra: column -> one value per completion
+        columns.update(completion_ids=[list(t.ids) for t in eps.transcripts],
+                       trainer_state=TrainerState(global_step=step - 1, max_steps=self.plan.steps),
+                       log_metric=lambda name, value: self._logged[0].setdefault(str(name), []).append(float(value)),
+                       log_extra=lambda column, values: self._logged[1].__setitem__(str(column), list(values)))
         scored = score(self.reward_fns, prompts, completions, columns)
         correct = [math.nan] * len(prompts)
         if success is not None:
@@ -184,7 +209,7 @@ class GroupActor:
         hp, G = self.hp, self._episodes.n
         group_fault(self.name, step)
         # 3. rewards (one column per function) and correctness
-        scored, correct = self._score(env_rewards, success)
+        scored, correct = self._score(step, env_rewards, success)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [B]
         # 4. group-relative advantages (over the episodes of one row)
         advantages = group_advantages(rewards, G, hp["scale_rewards"])  # [B]
@@ -219,6 +244,7 @@ class GroupActor:
             "turns_mean": sum(turns) / len(turns),
             "truncated_frac": sum(t.finish_reason == "length" for t in eps.transcripts) / len(lengths),
             "time/rollout_s": eps.rollout_seconds, "time/train_s": train_s, "time/publish_s": publish_s,
+            "reward_log": json.dumps({k: sum(v) / len(v) for k, v in self._logged[0].items()}),
         }
         samples = [{
             "step": step, "group": self.name, "prompt_index": i // G, "sample_index": i % G,
@@ -226,6 +252,7 @@ class GroupActor:
             **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
             "correct": correct[i], "advantage": float(advantages[i]), "finish_reason": t.finish_reason,
             "completion_tokens": lengths[i], "turns": t.turns, "adapter_version": t.adapter_version,
+            "reward_log": json.dumps({k: v[i] if i < len(v) else None for k, v in self._logged[1].items()}, default=str),
         } for i, t in enumerate(eps.transcripts)]
         return {"metrics": metrics, "samples": samples, "failures": scored.failures,
                 "skipped": result.reason if result.skipped else None}
@@ -260,7 +287,7 @@ class GroupActor:
     def evaluate(self, step: int, env_rewards: list[float] | None = None, success: list | None = None) -> list[dict]:
         """One row per held-out episode: reward per function, correctness, format, token ids and log-probs."""
         eps, n = self._episodes, self._episodes.n
-        scored, correct = self._score(env_rewards, success)
+        scored, correct = self._score(step, env_rewards, success)
         formatted = self.is_formatted(None, [completion_text(c) for c in eps.completions()])
         return [{
             "step": step, "group": self.name, "prompt_index": i // n, "sample_index": i % n,

@@ -15,6 +15,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 
+class NonFiniteReward(ValueError):
+    """A reward function returned an infinite value: a failure of that batch (data, not configuration)."""
+
+
 @dataclass
 class RewardResult:
     """Rewards of one batch."""
@@ -88,7 +92,7 @@ def _call(fn: Callable[..., Any], prompts: list, completions: list, columns: dic
             values.append(math.nan)
         elif isinstance(r, numbers.Real):
             if math.isinf(r):  # would make every advantage of the group NaN: the function failed on this batch
-                raise ValueError(f"reward {i} is {float(r)}, not a finite number")
+                raise NonFiniteReward(f"reward {i} is {float(r)}, not a finite number")
             values.append(float(r))  # (NaN: no reward for this sample, as None; TRL sums rewards with nansum)
         else:
             raise TypeError(f"reward {i} is a {type(r).__name__} ({r!r:.40}), expected a float or None")

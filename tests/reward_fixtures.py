@@ -31,6 +31,14 @@ def broken_reward(prompts: list, completions: list, **kwargs: Any) -> list[float
     raise RuntimeError("boom from broken_reward")
 
 
+def breaks_after_step_1(prompts: list, completions: list, trainer_state: Any, **kwargs: Any) -> list[float]:
+    """A reward that works in the first step and raises in every later one (a run's bad luck, not a
+    configuration error): the run records each failure and goes on."""
+    if trainer_state.global_step >= 1:
+        raise RuntimeError("boom from breaks_after_step_1")
+    return [0.0] * len(completions)
+
+
 def inf_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
     """A reward that returns +inf for the first completion of every batch (a division by zero, say)."""
     return [float("inf")] + [0.5] * (len(completions) - 1)

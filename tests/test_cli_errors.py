@@ -112,15 +112,57 @@ def test_bad_cli_arguments(tmp_path):
      ["base_model", "/no/such/model/dir", "downloads nothing"]),
     ("base_model without config.json", lambda p: (p.parent / "empty_model").mkdir() or
      p.write_text(GOOD + f"base_model: {p.parent / 'empty_model'}\n"), ["base_model", "no config.json"]),
+    ("CSV row with more fields than the header", lambda p: _dataset(p, "rows.csv", "question,answer\n1+1?,2\n2+2?,4,extra\n"),
+     ["rows.csv:3", "3 fields", "the header names 2"]),
+    ("the same, with prompt_column", lambda p: _dataset(p, "rows.csv", "text,answer\na,1\nb,2,x,y\n", "prompt_column: text, "),
+     ["rows.csv:3", "4 fields"]),
+    ("dataset not UTF-8", lambda p: _dataset(p, "rows.jsonl", '{"question": "caf\xe9", "answer": "1"}\n'.encode("latin-1")),
+     ["rows.jsonl", "not UTF-8"]),
+    ("every prompt longer than max_prompt_length", lambda p: _dataset(p, "rows.jsonl", '{"question": "%s", "answer": "1"}\n' % ("x " * 300),
+                                                                      grpo="grpo: {max_prompt_length: 64}\n"),
+     ["group a (env)", "longer than grpo.max_prompt_length = 64", "the shortest has"]),
+    ("a reward factory that raises", lambda p: ((p.parent / "facts.py").write_text("def make(k):\n    raise ValueError('k must be > 0')\n"),
+                                                p.write_text(GOOD + "    rewards: [{name: 'facts.py:make', params: {k: 0}}]\n")),
+     ["group a (rewards)", "k must be > 0"]),
+    ("a user module named like lorapop's, missing", lambda p: p.write_text(GOOD + "    rewards: [{name: 'rewards:mine'}]\n"),
+     ["'rewards' is lorapop's own module", "no rewards.py of yours"]),
+    ("an override of an unknown key", lambda p: (p.write_text(GOOD), ["grpo.nope=1"])[1], ["groups.0.grpo.nope", "unknown key"]),
+    ("an override of a bad value", lambda p: (p.write_text(GOOD), ["steps=many"])[1], ["steps", "integer"]),
+    ("an override through a list index out of range", lambda p: (p.write_text(GOOD), ["groups.3.name=x"])[1],
+     ["groups.3.name", "not an index"]),
 ])
 def test_bad_input_is_exit_2_without_traceback_or_files(tmp_path, what, write, needles):
-    """#12: checked in the driver before the run directory exists: exit 2, one message, nothing written."""
+    """#12: checked in the driver before the run directory exists: exit 2, one message, nothing written.
+    ``write`` writes the config (and its neighbours) and may return overrides for the command line."""
     cfg = tmp_path / "bad.yaml"
-    write(cfg)
-    result = invoke("run", str(cfg), "--run-dir", str(tmp_path / "new"), "-q")
+    overrides = write(cfg)
+    overrides = overrides if isinstance(overrides, list) else []
+    result = invoke("run", str(cfg), *overrides, "--run-dir", str(tmp_path / "new"), "-q")
     check_fails(result, *needles)
     assert "Traceback" not in result.output and isinstance(result.exception, (SystemExit, type(None)))
     assert not (tmp_path / "new").exists()
+
+
+def _dataset(cfg: Path, name: str, content: str | bytes, env_extra: str = "", grpo: str = "") -> None:
+    """A config whose group reads dataset ``name`` (written beside it with ``content``)."""
+    (cfg.parent / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    cfg.write_text(grpo + GOOD + f"    env: {{type: dataset, {env_extra}path: {name}}}\n")
+
+
+def test_a_dataset_path_given_on_the_command_line_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """#12: even with the shipped default config (whose folder is lorapop's configs/)."""
+    from engine.loading import load_config
+
+    (tmp_path / "rows.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = load_config(None, ["groups.0.env={type: dataset, path: rows.jsonl}"])
+    assert cfg.groups[0].env.path == str(tmp_path / "rows.jsonl")
+    (tmp_path / "c.yaml").write_text(GOOD + "    env: {type: dataset, path: elsewhere.jsonl}\n")
+    cfg, _ = load_config(tmp_path / "c.yaml", ["groups.0.env.path=sub/rows.jsonl"])
+    assert cfg.groups[0].env.path == str(tmp_path / "sub" / "rows.jsonl")
+    monkeypatch.chdir(tmp_path.parent)
+    check_fails(invoke("run", "groups.0.env={type: dataset, path: rows.jsonl}", "--run-dir", str(tmp_path / "new"), "-q"),
+                str(tmp_path.parent / "rows.jsonl"), "not found")
 
 
 def test_run_dir_under_a_file_is_refused(tmp_path):

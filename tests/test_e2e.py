@@ -33,7 +33,7 @@ groups:
     rewards:
       - {{name: format_exact}}
       - {{name: "tests.reward_fixtures:contains", params: {{word: "</answer>", value: 0.5}}}}
-      - {{name: "tests.reward_fixtures:broken_reward"}}
+      - {{name: "tests.reward_fixtures:breaks_after_step_1"}}
     grpo: {{beta: 0.04, loss_type: grpo}}
 """
 
@@ -93,11 +93,11 @@ def test_kl_is_computed_only_where_beta_is_set(e2e_run):
 def test_broken_reward_is_recorded_not_fatal(e2e_run):
     run_dir, _ = e2e_run
     events = pd.read_parquet(run_dir / "events")
-    broken = events[events["detail"].str.contains("boom from broken_reward")]
-    assert set(broken["group"]) == {"data"} and len(broken) == STEPS
-    steps = pd.read_parquet(run_dir / "steps")
-    assert (steps.loc[steps.group == "data", "reward_failures"] == 1).all()
-    assert steps.loc[steps.group == "data", "reward/broken_reward"].isna().all()
+    broken = events[events["detail"].str.contains("boom from breaks_after_step_1")]
+    assert set(broken["group"]) == {"data"} and sorted(broken["step"]) == list(range(2, STEPS + 1))
+    data = pd.read_parquet(run_dir / "steps").query("group == 'data'").set_index("step").sort_index()
+    assert list(data["reward_failures"]) == [0] + [1] * (STEPS - 1)
+    assert data.loc[1, "reward/breaks_after_step_1"] == 0.0 and data.loc[2:, "reward/breaks_after_step_1"].isna().all()
 
 
 def test_an_infinite_reward_counts_as_a_failed_reward(e2e_run):
@@ -162,6 +162,38 @@ def test_saved_adapters_reproduce_engine_logprobs(e2e_run, tiny_model_path):
         with model.disable_adapter(), torch.no_grad():
             base_lp = completion_logprobs(model, ids, torch.ones_like(ids), len(r["prompt_ids"]), 1.0)[0]
         assert (base_lp - torch.tensor(list(r["logprobs"]))).abs().max() > 1e-3
+
+
+def test_a_groups_model_loads_from_the_run_directory_alone(e2e_run, tmp_path):
+    """#12: run.json and the leaderboard name the base; load_group_model finds it again (the recorded
+    path, or the configured builtin:* name resolved on this machine when that path is gone)."""
+    import json
+    import shutil
+
+    from engine.adapters import load_group_model, run_base_model
+    from engine.config import TinyModelConfig
+    from engine.grpo import completion_logprobs
+    from engine.models import resolve_base_model
+
+    run_dir, _ = e2e_run
+    info = json.loads((run_dir / "run.json").read_text())
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    assert set(board["base_model_path"]) == {info["base_model_path"]} and set(board["base_model"]) == {info["base_model"]}
+    model, tok = load_group_model(run_dir, "arith")
+    r = pd.read_parquet(run_dir / "evals").query("group == 'arith'").iloc[0]
+    ids = torch.tensor([list(r["prompt_ids"]) + list(r["completion_ids"])])
+    with torch.no_grad():
+        lp = completion_logprobs(model.eval(), ids, torch.ones_like(ids), len(r["prompt_ids"]), 1.0)[0]
+    assert lp.tolist() == pytest.approx(list(r["logprobs"]), abs=1e-4) and tok.eos_token is not None
+    # on another machine: the recorded path is gone, the configured name is resolved there
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir / "adapters", moved / "adapters")
+    shutil.copy(run_dir / "config.yaml", moved / "config.yaml")
+    (moved / "run.json").write_text(json.dumps({**info, "base_model": "builtin:tiny", "base_model_path": "/gone/tiny"}))
+    assert run_base_model(moved) == resolve_base_model("builtin:tiny", TinyModelConfig().model_dump())
+    load_group_model(moved, "data")
+    with pytest.raises(Exception, match="no adapter of group 'nope'.*arith"):
+        load_group_model(moved, "nope")
 
 
 def test_leaderboard_command_prints_the_run(e2e_run):

@@ -84,11 +84,28 @@ def test_group_that_keeps_failing_is_marked_failed(tmp_path, tiny_model_path):
     assert board.loc["b", "status"] == "failed" and board.loc["b", "rank"] == 2 and board.loc["a", "status"] == "ok"
 
 
-def test_killed_trainer_is_restarted_with_every_slot_and_the_run_equals_an_undisturbed_one(tmp_path, tiny_model_path):
-    """The trainer service holds every group's adapter: killed after step 2, it restarts from the last
-    complete checkpoint with all its slots (step 2's, or step 1's when the kill came before the trainer
-    had written step 2's files in the background), the steps after it are redone, and the run ends as an
-    undisturbed run does."""
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tiny_model_path):
+    """The undisturbed run of CONFIG that a disturbed one must equal: its steps table."""
+    from engine.coordinator import run
+    from engine.loading import load_config
+
+    d = tmp_path_factory.mktemp("straight")
+    (d / "c.yaml").write_text(CONFIG)
+    cfg, config_dir = load_config(d / "c.yaml")
+    summary = run(cfg, config_dir, d / "run", log=lambda m: None)
+    assert summary.failed_groups == []
+    return _steps(d / "run")
+
+
+def _steps(run_dir):
+    cols = ["step", "group", "reward", "loss", "grad_norm", "adapter_version"]
+    return pd.read_parquet(run_dir / "steps")[cols].sort_values(["step", "group"]).reset_index(drop=True)
+
+
+def _run_killing(tmp_path, service: str):
+    """CONFIG run with the ``service`` actor (``lorapop-<service>:<run>``) killed after step 2; returns the
+    run directory and its one restart event."""
     import ray
 
     from engine.coordinator import run
@@ -96,22 +113,35 @@ def test_killed_trainer_is_restarted_with_every_slot_and_the_run_equals_an_undis
 
     (tmp_path / "c.yaml").write_text(CONFIG)
     cfg, config_dir = load_config(tmp_path / "c.yaml")
-    straight = run(cfg, config_dir, tmp_path / "straight", log=lambda m: None)
     run_dir = tmp_path / "run"
     killed = []
 
-    def kill_trainer_after_step_2(row: dict) -> None:
+    def kill_after_step_2(row: dict) -> None:
         if row["step"] == 2 and not killed:
-            ray.kill(ray.get_actor(f"lorapop-trainer:{run_dir.name}", namespace="lorapop"), no_restart=True)
+            ray.kill(ray.get_actor(f"lorapop-{service}:{run_dir.name}", namespace="lorapop"), no_restart=True)
             killed.append(row["step"])
 
-    summary = run(cfg, config_dir, run_dir, on_step=kill_trainer_after_step_2, log=lambda m: None)
-    assert killed == [2] and summary.failed_groups == [] and straight.failed_groups == []
+    summary = run(cfg, config_dir, run_dir, on_step=kill_after_step_2, log=lambda m: None)
+    assert killed == [2] and summary.failed_groups == []
     events = pd.read_parquet(run_dir / "events")
     (restart,) = events[events.kind == "restart"].itertuples()
+    return run_dir, restart
+
+
+def test_killed_rollout_service_is_restarted_and_the_run_equals_an_undisturbed_one(tmp_path, straight):
+    """#12: the rollout service killed after step 2 is restarted with every group's current adapter, the
+    step's requests asked again (a restart event), and the run ends as an undisturbed run does."""
+    run_dir, restart = _run_killing(tmp_path, "rollout")
+    assert restart.group == "rollout" and restart.step == 3 and "restart 1" in restart.detail
+    pd.testing.assert_frame_equal(_steps(run_dir), straight, check_exact=False, rtol=1e-5)
+
+
+def test_killed_trainer_is_restarted_with_every_slot_and_the_run_equals_an_undisturbed_one(tmp_path, straight):
+    """The trainer service holds every group's adapter: killed after step 2, it restarts from the last
+    complete checkpoint with all its slots (step 2's, or step 1's when the kill came before the trainer
+    had written step 2's files in the background), the steps after it are redone, and the run ends as an
+    undisturbed run does."""
+    run_dir, restart = _run_killing(tmp_path, "trainer")
     assert restart.group == "trainer" and restart.step == 3
     assert "checkpoint step 2" in restart.detail or "checkpoint step 1" in restart.detail
-    cols = ["step", "group", "reward", "loss", "grad_norm", "adapter_version"]
-    a = pd.read_parquet(run_dir / "steps")[cols].sort_values(["step", "group"]).reset_index(drop=True)
-    b = pd.read_parquet(tmp_path / "straight" / "steps")[cols].sort_values(["step", "group"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+    pd.testing.assert_frame_equal(_steps(run_dir), straight, check_exact=False, rtol=1e-5)

@@ -100,3 +100,30 @@ def test_build_tiny_command_writes_a_model_and_its_manifest(tmp_path):
     proc = run_cli("build-tiny", "hidden_size=zero", "--out", str(tmp_path / "bad"))
     assert proc.returncode == 2 and "hidden_size" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_build_shows_each_phase_and_its_progress_every_few_seconds(tmp_path, monkeypatch):
+    """A first build says what it is doing: the model, then each phase with its step, loss and time, at
+    most one line per PROGRESS_EVERY_S seconds (here a clock that moves 1 s a step) plus the last step."""
+    import re
+
+    import engine.tiny_model as tiny
+
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(tiny, "_clock", lambda: float(next(ticks)))  # called once at a phase's start, once a step
+    monkeypatch.setattr(tiny, "PROGRESS_EVERY_S", 4.0)
+    logs: list[str] = []
+    tiny.build_tiny_model(tmp_path / "m", **{**SMALL, "copy_steps": 10, "sft_steps": 3}, log=logs.append)
+    assert re.fullmatch(r"  model: Llama, 1 layers x 32 hidden, [0-9.]+M parameters; byte-level tokenizer, 259 tokens",
+                        logs[0]), logs[0]
+    losses = [float(x) for m in logs for x in re.findall(r"loss (\d+\.\d+)", m)]
+    assert len(losses) == 4 and all(0 < x < 10 for x in losses)
+    assert [re.sub(r"loss \d+\.\d+", "loss L", m) for m in logs[1:]] == [
+        "  copy phase (1 of 2): 10 steps of 32 plain-text rows, lr 0.001",
+        "  copy phase: step 4/10, loss L, 4s elapsed, ~6s to go",
+        "  copy phase: step 8/10, loss L, 8s elapsed, ~2s to go",
+        "  copy phase: step 10/10, loss L, done in 10s",
+        "  format phase (2 of 2): 3 steps of 16 chat rows, lr 0.001",
+        "  format phase: step 3/3, loss L, done in 3s",
+        "  saving model and tokenizer",
+    ]

@@ -115,6 +115,10 @@ class TrainerService:
             ray.get(rollout.publish_many.remote({g: (self.versions[g], states[g]) for g in names}))
         return time.perf_counter() - t0
 
+    def forget_publish_target(self) -> None:
+        """Ask the rollout service where to publish again at the next ``publish`` (it was restarted)."""
+        self.publish_to = None
+
     def write_adapter(self, group: str, root: str, dtype: str = "bfloat16") -> Path:
         """``group``'s current adapter as a vLLM/PEFT adapter directory (``write_adapter_dir``) under
         ``root``, in ``dtype``; returns it."""

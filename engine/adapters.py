@@ -1,0 +1,58 @@
+"""A trained group's model from its run directory alone: ``load_group_model(run_dir, group)``.
+
+A run's adapters are standard PEFT adapters (``<run>/adapters/<group>``), but their
+``adapter_config.json`` names the base where the training machine had it (for ``builtin:*`` bases, a
+cache path). The run's ``run.json`` records the base as configured too, so the base is found again —
+the recorded path where it exists, else the configured name resolved as a run would (``builtin:tiny``
+is unpacked offline, a ``builtin:random-*`` rebuilt).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def run_base_model(run_dir: str | Path) -> str:
+    """The directory of the base model the run's adapters were trained on, on this machine."""
+    from engine.config import TinyModelConfig
+    from engine.loading import ConfigError, load_config
+    from engine.models import resolve_base_model
+
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{run_dir}: not a lorapop run directory (no readable run.json: {e})") from None
+    recorded = info.get("base_model_path")
+    if recorded and (Path(recorded) / "config.json").is_file():
+        return recorded
+    name = info.get("base_model")
+    if name is None:  # a run written before run.json held its base: the config says
+        cfg, _ = load_config(run_dir / "config.yaml")
+        name = cfg.base_model
+        tiny = cfg.tiny_model.model_dump()
+    else:
+        tiny = TinyModelConfig().model_dump()
+        if (run_dir / "config.yaml").is_file():
+            tiny = load_config(run_dir / "config.yaml")[0].tiny_model.model_dump()
+    try:
+        return resolve_base_model(name, tiny, log=lambda m: None)
+    except ValueError as e:
+        raise ConfigError(f"{run_dir}: base model {name!r}: {e}") from None
+
+
+def load_group_model(run_dir: str | Path, group: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """``(PeftModel, tokenizer)``: group ``group``'s adapter of the run on its base model."""
+    from peft import PeftModel
+
+    from engine.loading import ConfigError
+    from engine.models import load_base, load_tokenizer
+
+    adapter = Path(run_dir) / "adapters" / group
+    if not (adapter / "adapter_config.json").is_file():
+        groups = sorted(p.name for p in (Path(run_dir) / "adapters").glob("*") if p.is_dir())
+        raise ConfigError(f"{run_dir}: no adapter of group {group!r} (groups with adapters: {groups})")
+    base = run_base_model(run_dir)
+    return PeftModel.from_pretrained(load_base(base, dtype, device), str(adapter)), load_tokenizer(base)
