@@ -75,6 +75,24 @@ def preflight(plans: list[GroupPlan]) -> None:
             raise ConfigError(f"group {plan.name} (env): rows need a 'prompt' string or message list")
 
 
+def sandbox_events(plans: list[GroupPlan], log) -> list[dict]:
+    """Which sandbox runs each ``code_exec`` group's code: an ``events`` row per group (kind ``sandbox``);
+    a weaker one than the kernel's (accepted with ``weaker_sandbox: true``) is said once on the console."""
+    uses = [p.name for p in plans if any(r["name"] == "code_exec" for r in p.rewards)]
+    if not uses:
+        return []
+    from rewards.kernel_sandbox import features
+
+    have = features()
+    if have["missing"]:
+        detail = "weaker sandbox (Python guards" + (", namespaces" if have["namespaces"] else "") + \
+                 f"): missing {'; '.join(have['missing'])}"
+        log(f"warning: code_exec runs model-written code in a {detail}")
+    else:
+        detail = f"kernel sandbox: namespaces, Landlock ABI {have['landlock']}, seccomp"
+    return [event_row(0, g, "sandbox", detail) for g in uses]
+
+
 def _check_first_rewards(outs: list[dict]) -> None:
     """A reward function that raised for every group that calls it in step 1 is a configuration error
     (a wrong signature, a missing column, a missing package), not a run's bad luck: ``ConfigError``. (One
@@ -284,7 +302,8 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
                                 cfg.ray.torch_threads)
         population.failed = list(state.get("failed", []))
         population.restarts.update(state.get("restarts", {}))
-        writer.write_part("events", population.start(start or None), 0)  # start-up events are step 0
+        # start-up events are step 0
+        writer.write_part("events", population.start(start or None) + sandbox_events(plans, log), 0)
         pending: dict | None = None  # coordinator state of the checkpoint being written
         silent = NoSignal(log)  # groups whose every advantage stays 0: said once, and recorded
         silent.replay(history)  # (a resumed run carries on the streaks of the steps it keeps)

@@ -67,12 +67,19 @@ def code_exec(
     solution_start: str = "<answer>",
     solution_end: str = "</answer>",
     rewards: dict[str, float] | None = None,
+    weaker_sandbox: bool = False,
 ) -> RewardFn:
     """Fraction of the row's ``tests`` the completion's code passes; fixed rewards for failed runs.
 
     ``rewards`` overrides entries of ``DEFAULT_FAILURE_REWARDS`` (keys: timeout, memory, forbidden,
-    crash, error, no_code). A row with no tests gives None (the sample is skipped).
+    crash, error, no_code). A row with no tests gives None (the sample is skipped). The code runs in
+    the kernel sandbox (``rewards.kernel_sandbox``); on a host without it the reward cannot be built
+    (a configuration error naming what is missing) unless ``weaker_sandbox`` accepts the Python
+    guards alone.
     """
+    from rewards.sandbox import kernel_plan
+
+    kernel_plan(weaker_sandbox)  # refuse now, before any run, where the host lacks the sandbox
     failure = {**DEFAULT_FAILURE_REWARDS, **(rewards or {})}
     unknown = set(failure) - set(DEFAULT_FAILURE_REWARDS)
     if unknown:
@@ -86,7 +93,7 @@ def code_exec(
             return failure["no_code"]
         result: SandboxResult = run_sandboxed(
             code, [str(t["call"]) for t in tests], timeout_s=timeout_s, memory_mb=memory_mb,
-            cpu_s=max(1, int(timeout_s + 0.999)),
+            cpu_s=max(1, int(timeout_s + 0.999)), weaker_ok=weaker_sandbox,
         )
         if result.status != "ok":
             return failure[result.status]

@@ -3,7 +3,12 @@
     from rewards.sandbox import run_sandboxed
     run_sandboxed("def solve(xs): return max(xs)", "solve([3, 1, 2])")   # SandboxResult(status='ok', value=3, ...)
 
-Layers, outermost first (the OS ones are what protect the trainer; the Python ones decide the status):
+Layers, outermost first (the kernel's and the OS ones are what protect the trainer; the Python ones
+give clear messages):
+
+0. The kernel sandbox (``rewards.kernel_sandbox``): own user/pid/network/IPC/mount namespaces, a tmpfs
+   working directory, Landlock, no capabilities, ``no_new_privs``, a seccomp filter. A refused action
+   is a failed system call. Without it on this host, ``run_sandboxed`` refuses unless ``weaker_ok``.
 
 1. A fresh ``python -I -S -B`` process in its own session (killed as a process group), a minimal
    environment (no secrets from ours), stdin/stdout pipes only; the parent never executes, imports or
@@ -21,10 +26,10 @@ Layers, outermost first (the OS ones are what protect the trainer; the Python on
    ``_thread.start_new_thread`` replaced by refusals (they raise no audit event in 3.11).
    A refusal is recorded before it is raised, so catching it does not hide it: the run is "forbidden".
 
-Not a security boundary against adversarial code on its own: Python introspection can reach the
-runner's frames and the real ``__import__``. Dangerous operations still go through the audit hook,
-which stays; a determined escape ends, at worst, with a forged reward, not a harmed trainer host beyond
-what root-in-a-process can do. Run the trainer in a container if completions may be hostile.
+The Python layers alone are not a security boundary against adversarial code: introspection can reach
+the runner's frames and turn them off. That is why the kernel's layer holds on its own (its tests run
+with the Python guards left out), and why nothing the code can reach decides the verdict: the run's
+time is judged by the parent's clock, and rewards compare the returned values in the parent.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+from rewards.kernel_sandbox import LOCKDOWN
+
 Status = Literal["ok", "timeout", "memory", "forbidden", "error", "crash"]
 
 DEFAULT_ALLOWED: frozenset[str] = frozenset(
@@ -53,6 +60,7 @@ _OUTPUT_CAP = 64 * 1024  # bytes of child stdout kept (the tail); the result lin
 _FILE_SIZE_LIMIT = 1024 * 1024  # RLIMIT_FSIZE: the largest file the code may write
 _OPEN_FILES_LIMIT = 32  # RLIMIT_NOFILE
 _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+_TMPFS_MB = 16  # the kernel sandbox's writable space: every file the code writes, together
 
 
 @dataclass
@@ -74,6 +82,25 @@ class SandboxResult:
     """The child's pid, which is also its process group id (all of it is dead on return)."""
 
 
+class SandboxUnavailable(ValueError):
+    """This host's kernel lacks part of the sandbox, and the caller did not accept a weaker one."""
+
+
+def kernel_plan(weaker_ok: bool = False) -> dict | None:
+    """The kernel layer this host gives a run (``rewards.kernel_sandbox``), or None (Python guards only,
+    when ``weaker_ok``); raises ``SandboxUnavailable`` naming what is missing otherwise."""
+    from rewards.kernel_sandbox import features, read_roots
+
+    have = features()
+    if have["missing"] and not weaker_ok:
+        raise SandboxUnavailable("the kernel sandbox for model-written code is not available here: "
+                                 + "; ".join(have["missing"]) + ". Set the code_exec reward's weaker_sandbox: true "
+                                 "to run with what there is")
+    if not have["namespaces"]:
+        return None
+    return {"landlock": have["landlock"], "seccomp": have["seccomp"], "reads": read_roots(), "tmpfs_mb": _TMPFS_MB}
+
+
 def run_sandboxed(
     code: str,
     call: str | Sequence[str] | None = None,
@@ -81,30 +108,42 @@ def run_sandboxed(
     memory_mb: int = 256,
     cpu_s: int = 2,
     allowed_imports: frozenset[str] = DEFAULT_ALLOWED,
+    weaker_ok: bool = False,
+    python_guards: bool = True,
 ) -> SandboxResult:
     """Execute ``code`` in a sandboxed child process, then evaluate ``call`` (an expression) there.
 
     ``call`` may be a list of expressions: each is evaluated separately (one raising does not stop
     the others) and the value is a list of per-call outcomes. ``timeout_s`` bounds the whole run in
-    wall-clock seconds, ``cpu_s`` the child's CPU seconds, ``memory_mb`` its address space.
-    Never raises for anything the code does.
+    wall-clock seconds, ``cpu_s`` the child's CPU seconds, ``memory_mb`` its address space (the whole
+    sandbox's: it can start no other process). Never raises for anything the code does; raises
+    ``SandboxUnavailable`` where the kernel lacks part of the sandbox, unless ``weaker_ok``.
+    ``python_guards=False`` leaves out the audit hook and import guard (tests of the kernel's part
+    alone: model-written code may turn the Python guards off, so they must not be what protects).
     """
     if timeout_s <= 0 or cpu_s < 1 or memory_mb < 16:
         raise ValueError(f"bad limits: timeout_s={timeout_s}, cpu_s={cpu_s}, memory_mb={memory_mb}")
+    kernel = kernel_plan(weaker_ok)
     calls = [call] if isinstance(call, str) else (None if call is None else [str(c) for c in call])
     nonce = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix="lorapop-sandbox-")
     request = {
         "code": code, "calls": calls, "single": isinstance(call, str), "nonce": nonce, "workdir": workdir,
         "allowed": sorted(allowed_imports), "memory_mb": int(memory_mb), "cpu_s": int(cpu_s),
-        "fsize": _FILE_SIZE_LIMIT, "nofile": _OPEN_FILES_LIMIT, "cap": _OUTPUT_CAP - 1024,
+        "fsize": _FILE_SIZE_LIMIT, "nofile": _OPEN_FILES_LIMIT, "cap": _OUTPUT_CAP - 1024, "kernel": kernel,
+        "guards": bool(python_guards),
     }
     start = time.monotonic()
     deadline = start + timeout_s
     proc: subprocess.Popen | None = None
     try:
+        argv = [sys.executable, "-I", "-S", "-B", "-c", _RUNNER]
+        if kernel is not None:
+            from rewards.kernel_sandbox import namespace_command
+
+            argv = namespace_command(argv)
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", "-c", _RUNNER],
+            argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             cwd=workdir, env=_CHILD_ENV, start_new_session=True, close_fds=True,
         )
@@ -117,7 +156,9 @@ def run_sandboxed(
         if not timed_out:
             timed_out = not _wait_exit(proc.pid, deadline)
         _kill_group(proc)
-        result = _parse_result(output, nonce)
+        # the verdict on time is the parent's own: a result line written before the deadline ran out
+        # does not make a run that had to be killed a finished one
+        result = None if timed_out else _parse_result(output, nonce)
         if result is None:
             result = _no_result(proc.returncode, timed_out, timeout_s, cpu_s)
         result.pid = proc.pid
@@ -173,7 +214,17 @@ def _wait_exit(pid: int, deadline: float) -> bool:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the child's whole process group (before reaping it, so the group id cannot be reused), then reap."""
+    """SIGKILL the child's whole process group (before reaping it, so the group id cannot be reused), then reap.
+
+    In the kernel sandbox the child is ``unshare``, whose child is the namespace's init: that one is
+    killed first (which ends every process of its namespace), so ``unshare`` reaps it and nothing is
+    left as a zombie for the host's init to collect."""
+    for child in _children(proc.pid):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _wait_exit(proc.pid, time.monotonic() + 2.0)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -199,14 +250,24 @@ def _parse_result(output: bytes, nonce: str) -> SandboxResult | None:
     return None
 
 
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux's /proc/<pid>/task/<pid>/children; [] where unreadable)."""
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def _no_result(returncode: int | None, timed_out: bool, timeout_s: float, cpu_s: int) -> SandboxResult:
-    """Status for a child that produced no result line."""
+    """Status for a child that produced no result line (in the kernel sandbox the namespace's init exits
+    with 128 + the signal that ended the sandboxed interpreter)."""
     if timed_out:
         return SandboxResult("timeout", error=f"wall-clock limit of {timeout_s}s exceeded")
-    if returncode == -signal.SIGXCPU:
+    if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return SandboxResult("timeout", error=f"cpu limit of {cpu_s}s exceeded (SIGXCPU)")
-    if returncode is not None and returncode < 0:
-        return SandboxResult("crash", error=f"killed by {signal.Signals(-returncode).name}")
+    if returncode is not None and (returncode < 0 or 128 < returncode < 128 + 65):
+        sig = -returncode if returncode < 0 else returncode - 128
+        return SandboxResult("crash", error=f"killed by {signal.Signals(sig).name}")
     return SandboxResult("crash", error=f"exited with code {returncode} without a result")
 
 
@@ -233,7 +294,8 @@ _REFUSED_PREFIXES = (
     "fcntl.", "syslog.", "_thread.", "http.", "urllib.", "ftplib.", "smtplib.", "poplib.", "imaplib.",
     "nntplib.", "telnetlib.",
 )
-# event -> (indices of path arguments, indices of dir_fd arguments that must be None)
+# event -> (indices of path arguments, indices of dir_fd arguments that must be unset: None, or -1 as
+# CPython passes an absent dir_fd to the audit hook)
 _PATH_EVENTS = {
     "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.mkdir": ((0,), (2,)),
     "os.rename": ((0, 1), (2, 3)), "os.link": ((0, 1), (2, 3)), "os.truncate": ((0,), ()),
@@ -270,6 +332,8 @@ def _under(path, roots):
 
 def main():
     request = json.loads(sys.stdin.buffer.read())
+    if request["kernel"] is not None:
+        _kernel_init()  # this process stays the pid namespace's init; the sandbox goes on in its child
     nonce, allowed = request["nonce"], frozenset(request["allowed"])
     out_fd = os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
@@ -278,6 +342,9 @@ def main():
     os.close(null)
     workdir = os.path.realpath(request["workdir"])
     os.chdir(workdir)
+    kernel = request["kernel"]
+    if kernel is not None:  # in its own namespaces: the working directory becomes a tmpfs of its own
+        _kernel_mount_workdir(workdir, kernel["tmpfs_mb"])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-large write raises OSError instead of killing us
     memory = request["memory_mb"] * 1024 * 1024
     for limit, value in (
@@ -325,7 +392,7 @@ def main():
             refuse(f"{event} is not allowed")
         elif event in _PATH_EVENTS:
             paths, dir_fds = _PATH_EVENTS[event]
-            if any(i < len(args) and args[i] is not None for i in dir_fds):
+            if any(i < len(args) and args[i] not in (None, -1) for i in dir_fds):
                 refuse(f"{event} with dir_fd")
             for i in paths:
                 if i < len(args) and not _under(args[i], writable):
@@ -346,7 +413,7 @@ def main():
         (signal, _SIGNAL_FUNCTIONS, refuse_signals),
         (_signal, _SIGNAL_FUNCTIONS, refuse_signals),
         (_thread, ("start_new_thread", "start_new"), refuse_threads),
-    ):
+    ) if request["guards"] else ():
         for name in names:
             if hasattr(module, name):
                 setattr(module, name, replacement)
@@ -378,8 +445,11 @@ def main():
         except (TypeError, ValueError):
             return repr(value)
 
-    sys.addaudithook(hook)
-    builtins.__import__ = guarded_import
+    if kernel is not None:  # from here on the kernel refuses what the sandbox does not allow
+        _kernel_lockdown(kernel, workdir)
+    if request["guards"]:
+        sys.addaudithook(hook)
+        builtins.__import__ = guarded_import
     namespace = {"__name__": "__sandbox__", "__builtins__": builtins}
     status, value, error = "ok", None, ""
     try:
@@ -417,3 +487,4 @@ def main():
 
 main()
 '''
+_RUNNER = LOCKDOWN + _RUNNER  # the kernel's part first (defined, run by main when the request says so)

@@ -110,6 +110,16 @@ def test_writing_inside_the_workdir_works():
     assert (result.status, result.value) == ("ok", "hi")
 
 
+def test_files_and_directories_inside_the_workdir_can_be_made_renamed_and_removed():
+    """#13: CPython passes dir_fd=-1 (not None) to the audit hook when none is given: still allowed."""
+    code = ("import os\nos.mkdir('d')\nos.rename('d', 'e')\nopen('e/f', 'w').write('x')\nos.link('e/f', 'g')\n"
+            "os.remove('e/f')\nos.rmdir('e')\nleft = sorted(os.listdir('.'))")
+    result = run(code, "left", allowed_imports=WITH_OS)
+    assert (result.status, result.value) == ("ok", ["g"]), result.error
+    outside = run("import os\nos.mkdir('../made_outside')", allowed_imports=WITH_OS)
+    assert outside.status == "forbidden"
+
+
 def test_importing_a_forbidden_module_is_forbidden():
     result = run("import subprocess\nsubprocess.run(['true'])")
     assert result.status == "forbidden"
