@@ -5,8 +5,9 @@
 
 1. Namespaces (util-linux ``unshare``, no extra install): its own user, pid, network, IPC, UTS and
    mount namespaces. No network interface but a down loopback; no other process visible (a fresh
-   ``/proc`` holds the child alone); a size-limited tmpfs mounted over the working directory is the
-   only place it can write, and holds everything it writes (the limit is for all files together).
+   ``/proc``); a root file system of its own (``pivot_root``): a size-limited tmpfs (the only place
+   it can write; the limit is for all its files together) holding read-only binds of the Python
+   installation and the system libraries, and nothing else of the host's, not even its metadata.
 2. Landlock: reads only under the Python installation and the system's library folders (and
    ``/dev/null``, ``/dev/urandom``), writes only in the tmpfs, no TCP, signals and abstract UNIX
    sockets scoped to the sandbox.
@@ -86,7 +87,7 @@ def read_roots() -> list[str]:
 
 
 # The child's part, run by the sandbox's program before any model-written code (and before its own
-# audit hook). ``_kernel_mount_workdir`` right after start; ``_kernel_lockdown`` last.
+# audit hook). ``_kernel_init`` and ``_kernel_root`` right after start; ``_kernel_lockdown`` last.
 LOCKDOWN = r'''
 import ctypes as _ct, os, struct as _st
 
@@ -112,11 +113,38 @@ def _kernel_init():
     os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
 
 
-def _kernel_mount_workdir(workdir, size_mb):
-    """A tmpfs of ``size_mb`` over the working directory: the only writable place, all files in it together."""
-    flags = 2 | 4 | 8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if _libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", _ct.c_ulong(flags), f"size={size_mb}m,mode=0700".encode()) != 0:
-        _kernel_fail("tmpfs")
+def _kernel_mount(source, target, fstype, flags, data=None):
+    if _libc.mount(source, target.encode(), fstype, _ct.c_ulong(flags), data) != 0:
+        _kernel_fail(f"mount {target}")
+
+
+def _kernel_root(workdir, size_mb, reads):
+    """A new root file system, and nothing else of the host's: a tmpfs of ``size_mb`` (the only writable
+    place, every file in it together) holding read-only binds of ``reads`` (the Python installation,
+    the system libraries), ``/dev/null``, ``/dev/urandom``, this namespace's ``/proc`` and the working
+    directory at its own path; ``pivot_root`` into it and the host's tree detached."""
+    bind, rec, remount, rdonly, nosuid, nodev = 4096, 16384, 32, 1, 2, 4
+    root = workdir  # the host's empty directory, only a mount point
+    _kernel_mount(b"tmpfs", root, b"tmpfs", nosuid | nodev, f"size={size_mb}m,mode=0755".encode())
+    for path in list(reads) + ["/dev/null", "/dev/urandom"]:
+        target = root + path
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        _kernel_mount(path.encode(), target, None, bind | rec)
+        _kernel_mount(None, target, None, bind | remount | rdonly | nosuid | (0 if path.startswith("/dev/") else nodev))
+    os.makedirs(root + "/proc")
+    _kernel_mount(b"proc", root + "/proc", b"proc", nosuid | nodev | 8)  # MS_NOEXEC
+    os.makedirs(root + workdir, mode=0o700)
+    os.makedirs(root + "/.old")
+    if _libc.syscall(155, root.encode(), (root + "/.old").encode()) != 0:  # pivot_root
+        _kernel_fail("pivot_root")
+    os.chdir("/")
+    if _libc.umount2(b"/.old", 2) != 0:  # MNT_DETACH
+        _kernel_fail("umount old root")
+    os.rmdir("/.old")
     os.chdir(workdir)
 
 

@@ -6,8 +6,8 @@
 Layers, outermost first (the kernel's and the OS ones are what protect the trainer; the Python ones
 give clear messages):
 
-0. The kernel sandbox (``rewards.kernel_sandbox``): own user/pid/network/IPC/mount namespaces, a tmpfs
-   working directory, Landlock, no capabilities, ``no_new_privs``, a seccomp filter. A refused action
+0. The kernel sandbox (``rewards.kernel_sandbox``): own user/pid/network/IPC/mount namespaces, a root
+   of its own (Python and system libraries read-only, a tmpfs working directory), Landlock, no capabilities, ``no_new_privs``, a seccomp filter. A refused action
    is a failed system call. Without it on this host, ``run_sandboxed`` refuses unless ``weaker_ok``.
 
 1. A fresh ``python -I -S -B`` process in its own session (killed as a process group), a minimal
@@ -343,8 +343,8 @@ def main():
     workdir = os.path.realpath(request["workdir"])
     os.chdir(workdir)
     kernel = request["kernel"]
-    if kernel is not None:  # in its own namespaces: the working directory becomes a tmpfs of its own
-        _kernel_mount_workdir(workdir, kernel["tmpfs_mb"])
+    if kernel is not None:  # in its own namespaces: a root of its own, the working directory in a tmpfs
+        _kernel_root(workdir, kernel["tmpfs_mb"], kernel["reads"])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-large write raises OSError instead of killing us
     memory = request["memory_mb"] * 1024 * 1024
     for limit, value in (

@@ -38,6 +38,26 @@ def test_reading_a_file_outside_the_sandbox_gets_nothing(tmp_path):
         assert result.status == "ok" and "TOKEN-" not in str(result.value) and "PATH=" not in str(result.value), path
 
 
+def test_the_hosts_files_are_not_even_visible(tmp_path):
+    """Not readable, and no metadata either: the sandbox has a root of its own (Python, system libraries)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x")
+    os.symlink(secret, tmp_path / "link")
+    code = f"""import os
+seen = []
+for what, fn in [("stat", lambda: os.stat({str(secret)!r})), ("readlink", lambda: os.readlink({str(tmp_path / 'link')!r})),
+                 ("exists", lambda: os.path.exists({str(tmp_path)!r}) or os.path.exists("/etc/passwd") or None),
+                 ("repo", lambda: os.path.exists({str(os.getcwd())!r}) or None)]:
+    try:
+        if fn() is not None:
+            seen.append(what)
+    except OSError:
+        pass
+"""
+    result = attempt(code, "seen")
+    assert (result.status, result.value) == ("ok", [])
+
+
 def test_writing_outside_or_making_device_nodes_and_fifos_changes_nothing(tmp_path):
     target = tmp_path / f"pwned-{uuid.uuid4().hex}"
     code = f"""import os, stat
