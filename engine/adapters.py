@@ -28,15 +28,11 @@ def run_base_model(run_dir: str | Path) -> str:
     recorded = info.get("base_model_path")
     if recorded and (Path(recorded) / "config.json").is_file():
         return recorded
-    name = info.get("base_model")
-    if name is None:  # a run written before run.json held its base: the config says
-        cfg, _ = load_config(run_dir / "config.yaml")
-        name = cfg.base_model
-        tiny = cfg.tiny_model.model_dump()
-    else:
-        tiny = TinyModelConfig().model_dump()
-        if (run_dir / "config.yaml").is_file():
-            tiny = load_config(run_dir / "config.yaml")[0].tiny_model.model_dump()
+    cfg = load_config(run_dir / "config.yaml")[0] if (run_dir / "config.yaml").is_file() else None
+    name = info.get("base_model") or (cfg.base_model if cfg else None)  # (older runs: only the config says)
+    if name is None:
+        raise ConfigError(f"{run_dir}: neither run.json nor a config.yaml names the base model")
+    tiny = (cfg.tiny_model if cfg else TinyModelConfig()).model_dump()
     try:
         return resolve_base_model(name, tiny, log=lambda m: None)
     except ValueError as e:

@@ -34,6 +34,11 @@ class _TrainerDied(RuntimeError):
     """The trainer service died (its process, not one group's update): restart it from the checkpoint."""
 
 
+def _error_text(e: BaseException) -> str:
+    """A dead or failed actor's error in one line: its type and the last line of its message."""
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+
+
 def _kill(actor) -> None:
     """Kill an actor for good (one that died already is fine)."""
     import ray
@@ -118,7 +123,7 @@ class Population:
             try:
                 return ray.get(ref)
             except ray.exceptions.RayActorError as e:
-                error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+                error = _error_text(e)
             if self.rollout_restarts >= self.max_restarts:
                 raise RuntimeError(f"the rollout service failed {self.rollout_restarts + 1} times; last: {error}")
             self.rollout_restarts += 1
@@ -278,7 +283,7 @@ class Population:
             train_s = time.perf_counter() - t0
             publish_s = ray.get(self.trainer.publish.remote(self.rollout, [r.slot for r in results if not r.skipped]))
         except ray.exceptions.RayActorError as e:
-            raise _TrainerDied(f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}") from None
+            raise _TrainerDied(_error_text(e)) from None
         self.phases.update(train=train_s, publish=publish_s)
         outs, errors = self._timed("finish", self._gather, {g: self.actors[g].finish.remote(step, r, train_s, publish_s)
                                                             for g, r in zip(names, results)})
@@ -301,7 +306,7 @@ class Population:
             try:
                 ok[g] = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                failed[g] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+                failed[g] = _error_text(e)
         return ok, failed
 
     def _recover(self, group: str, step: int, error: str, events: list[dict], partners: list[str]) -> dict:
@@ -332,7 +337,7 @@ class Population:
             except _ReplayError as e:
                 error = str(e)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+                error = _error_text(e)
 
     def _restore(self, groups: list[str]) -> None:
         """``groups``' slots (and hyper-parameters) as of the last checkpoint, or as at the start; published."""

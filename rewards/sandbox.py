@@ -7,8 +7,9 @@ Layers, outermost first (the kernel's and the OS ones are what protect the train
 give clear messages):
 
 0. The kernel sandbox (``rewards.kernel_sandbox``): own user/pid/network/IPC/mount namespaces, a root
-   of its own (Python and system libraries read-only, a tmpfs working directory), Landlock, no capabilities, ``no_new_privs``, a seccomp filter. A refused action
-   is a failed system call. Without it on this host, ``run_sandboxed`` refuses unless ``weaker_ok``.
+   of its own (Python and system libraries read-only, a tmpfs working directory), Landlock, no
+   capabilities, ``no_new_privs``, a seccomp filter. A refused action is a failed system call.
+   Without it on this host, ``run_sandboxed`` refuses unless ``weaker_ok``.
 
 1. A fresh ``python -I -S -B`` process in its own session (killed as a process group), a minimal
    environment (no secrets from ours), stdin/stdout pipes only; the parent never executes, imports or
@@ -47,7 +48,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from rewards.kernel_sandbox import LOCKDOWN
+from rewards import kernel_sandbox
 
 Status = Literal["ok", "timeout", "memory", "forbidden", "error", "crash"]
 
@@ -89,16 +90,15 @@ class SandboxUnavailable(ValueError):
 def kernel_plan(weaker_ok: bool = False) -> dict | None:
     """The kernel layer this host gives a run (``rewards.kernel_sandbox``), or None (Python guards only,
     when ``weaker_ok``); raises ``SandboxUnavailable`` naming what is missing otherwise."""
-    from rewards.kernel_sandbox import features, read_roots
-
-    have = features()
+    have = kernel_sandbox.features()
     if have["missing"] and not weaker_ok:
         raise SandboxUnavailable("the kernel sandbox for model-written code is not available here: "
                                  + "; ".join(have["missing"]) + ". Set the code_exec reward's weaker_sandbox: true "
                                  "to run with what there is")
     if not have["namespaces"]:
         return None
-    return {"landlock": have["landlock"], "seccomp": have["seccomp"], "reads": read_roots(), "tmpfs_mb": _TMPFS_MB}
+    return {"landlock": have["landlock"], "seccomp": have["seccomp"], "reads": kernel_sandbox.read_roots(),
+            "tmpfs_mb": _TMPFS_MB}
 
 
 def run_sandboxed(
@@ -139,9 +139,7 @@ def run_sandboxed(
     try:
         argv = [sys.executable, "-I", "-S", "-B", "-c", _RUNNER]
         if kernel is not None:
-            from rewards.kernel_sandbox import namespace_command
-
-            argv = namespace_command(argv)
+            argv = kernel_sandbox.namespace_command(argv)
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -332,7 +330,8 @@ def _under(path, roots):
 
 def main():
     request = json.loads(sys.stdin.buffer.read())
-    if request["kernel"] is not None:
+    kernel = request["kernel"]
+    if kernel is not None:
         _kernel_init()  # this process stays the pid namespace's init; the sandbox goes on in its child
     nonce, allowed = request["nonce"], frozenset(request["allowed"])
     out_fd = os.dup(1)
@@ -342,7 +341,6 @@ def main():
     os.close(null)
     workdir = os.path.realpath(request["workdir"])
     os.chdir(workdir)
-    kernel = request["kernel"]
     if kernel is not None:  # in its own namespaces: a root of its own, the working directory in a tmpfs
         _kernel_root(workdir, kernel["tmpfs_mb"], kernel["reads"])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-large write raises OSError instead of killing us
@@ -487,4 +485,4 @@ def main():
 
 main()
 '''
-_RUNNER = LOCKDOWN + _RUNNER  # the kernel's part first (defined, run by main when the request says so)
+_RUNNER = kernel_sandbox.LOCKDOWN + _RUNNER  # the kernel's part first (defined, run by main when the request says so)
