@@ -27,6 +27,7 @@ class GroupPlan:
     lora: dict[str, Any]
     extra_sys_path: list[str] = field(default_factory=list)
     steps: int = 0  # the run's steps (reward functions see it as TRL's trainer_state.max_steps)
+    eval_seed: int | None = None  # the cohort's held-out set (shared by its replicas); None: seed
 
 
 def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
@@ -47,7 +48,7 @@ def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
             plans.append(GroupPlan(
                 name=name, cohort=spec.cohort or spec.name, seed=base_seed + k, env=env, rewards=rewards,
                 tags=spec.format.model_dump(), grpo=spec.grpo.model_dump(), lora=spec.lora.model_dump(),
-                extra_sys_path=[str(Path.cwd()), str(config_dir)], steps=cfg.steps,
+                extra_sys_path=[str(Path.cwd()), str(config_dir)], steps=cfg.steps, eval_seed=base_seed,
             ))
     names = [p.name for p in plans]
     clash = sorted({n for n in names if names.count(n) > 1})
@@ -65,8 +66,14 @@ def _resolve_reward_path(spec: dict[str, Any], config_dir: Path) -> dict[str, An
     return spec
 
 
-def build_env(env: dict[str, Any], seed: int, tags: dict[str, str]):
-    """The env object of a plan."""
+def build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: int | None = None):
+    """The env object of a plan; its held-out set is drawn from ``eval_seed`` (the cohort's), else ``seed``."""
+    built = _build_env(env, seed, tags, eval_seed)
+    built.eval_seed = eval_seed
+    return built
+
+
+def _build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: int | None):
     kwargs = {k: v for k, v in env.items() if k != "type"}
     if env["type"] == "arithmetic":
         from envs.arithmetic import ArithmeticEnv
@@ -83,7 +90,7 @@ def build_env(env: dict[str, Any], seed: int, tags: dict[str, str]):
     if env["type"] == "dataset":
         from envs.dataset import DatasetEnv
 
-        return DatasetEnv(seed=seed, **kwargs)
+        return DatasetEnv(seed=seed, eval_seed=eval_seed, **kwargs)
     if env["type"] == "guess":
         from envs.multiturn import GuessNumberEnv
 

@@ -92,7 +92,7 @@ class DomainEnvConfig(_Strict):
     """Built-in, offline domain tasks with verifiable answers (envs/medical.py, legal.py, financial.py)."""
 
     type: Literal["medical", "legal", "financial"] = Field(description="Domain.")
-    difficulty: int = Field(1, ge=1, le=3, description="1 (direct formulas) .. 3 (multi-step).")
+    difficulty: int = Field(1, ge=0, le=3, description="0: facts in the prompt, answer read or picked from them; 1 (direct formulas) .. 3 (multi-step).")
     language: Literal["en", "vi"] = Field("en", description="Language of questions and system prompt (English or Vietnamese).")
     system_prompt: str | None = Field(None, description="System prompt; None uses the domain's default, built from the group's tags.")
 

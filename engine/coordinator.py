@@ -63,7 +63,7 @@ def preflight(plans: list[GroupPlan]) -> None:
             rows = []
         else:
             try:
-                env = build_env(plan.env, plan.seed, plan.tags)
+                env = build_env(plan.env, plan.seed, plan.tags, plan.eval_seed)
                 rows = env.batch(0, 1)
             except (DatasetError, ValueError, KeyError) as e:
                 raise ConfigError(f"group {plan.name} (env): {e}") from None
@@ -225,7 +225,7 @@ def check_prompt_lengths(plans: list[GroupPlan], model_path: str) -> None:
     for plan in datasets:
         path = plan.env["path"]
         if path not in shortest:
-            env = build_env(plan.env, plan.seed, plan.tags)
+            env = build_env(plan.env, plan.seed, plan.tags, plan.eval_seed)
             shortest[path] = min(len(prompt_ids(tokenizer, row["prompt"])) for row in env.batch(0, len(env)))
         limit = plan.grpo["max_prompt_length"]
         if shortest[path] > limit:

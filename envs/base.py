@@ -18,6 +18,14 @@ from typing import Any
 class Env(ABC):
     """A source of prompts with verifiable answers for one group's GRPO steps."""
 
+    # Seed of the held-out set. The replicas of a cohort train on different streams (their own seeds)
+    # but are evaluated on one held-out set, the cohort's (engine/builders.py sets it); None: ``seed``.
+    eval_seed: int | None = None
+
+    def held_out_seed(self) -> int:
+        """The seed the held-out set is drawn from: ``eval_seed``, else the env's own ``seed``."""
+        return getattr(self, "seed", 0) if self.eval_seed is None else self.eval_seed
+
     @abstractmethod
     def batch(self, step: int, n: int) -> list[dict]:
         """Return the ``n`` training rows of ``step``; a pure function of (constructor args, step, n)."""

@@ -139,18 +139,20 @@ class DatasetEnv(Env):
         template: str | None = None,
         eval_fraction: float = 0.0,
         eval_size: int | None = None,
+        eval_seed: int | None = None,
     ) -> None:
         """Load and validate every row now so that errors surface before training starts.
 
         ``prompt_column=None`` picks ``prompt`` if present, else ``question``. ``template`` is a
         ``str.format`` string over the row's columns applied to string prompts. ``eval_size``, when
-        given, overrides ``eval_fraction``.
+        given, overrides ``eval_fraction``. The split is drawn from ``eval_seed`` (a cohort's replicas
+        share it, so no replica trains on another's held-out rows), else from ``seed``.
         """
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if not 0.0 <= eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-        self.path, self.seed = Path(path), seed
+        self.path, self.seed, self.eval_seed = Path(path), seed, eval_seed
         located = _load_located(self.path)
         if not located:
             raise DatasetError(f"dataset {self.path} is empty")
@@ -171,7 +173,7 @@ class DatasetEnv(Env):
             raise DatasetError(
                 f"{self.path}: eval split of {n_eval} rows leaves no training rows (dataset has {len(rows)})"
             )
-        order = np.random.default_rng([seed, SPLIT_TAG]).permutation(len(rows))
+        order = np.random.default_rng([self.held_out_seed(), SPLIT_TAG]).permutation(len(rows))
         cut = len(rows) - n_eval
         self._train = [rows[i] for i in sorted(order[:cut])]  # file order; epochs shuffle
         self._eval = [rows[i] for i in sorted(order[cut:])]

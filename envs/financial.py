@@ -1,6 +1,8 @@
-"""Built-in task: short money calculations (simple and compound interest, loan payment, % change).
+"""Built-in task: reading a rate sheet, and short money calculations (simple and compound interest,
+loan payment, % change).
 
-Like ``envs/arithmetic.py``: questions are short (<= 110 characters in English, byte-level model),
+Like ``envs/arithmetic.py``: questions are short (<= 110 characters in English, <= 150 for a rate
+sheet; byte-level model),
 ``batch`` draws from ``random.Random(f"{seed}:{step}")`` and ``eval_rows`` from ``f"{seed}:eval"``;
 one parameter set in ``HOLDOUT`` is reserved for eval. Rows carry ``params`` (the inputs shown in
 the question). Answers are computed exactly (``fractions.Fraction``, the annuity formula included)
@@ -8,6 +10,10 @@ and rounded half away from zero as the question says.
 
 Difficulty levels:
 
+0. facts in the prompt: a rate sheet of 3-5 products (from ``PRODUCTS``, each shown with its code)
+   at distinct yearly rates, in a random order; the rate of a named product (the number as
+   written), the code of the product at a given rate, or the code with the highest or lowest rate
+   (codes, not product names, so answers are the same in English and Vietnamese);
 1. simple interest (whole dollars, exact); compound interest, annual, 2 years (whole dollars);
    percentage change (a whole percent, exact);
 2. simple-interest total (2 decimals); compound amount, 2-5 years (2 decimals); loan monthly
@@ -21,9 +27,9 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
-from envs.task import Draw, GeneratedTaskEnv, round_half_up
+from envs.task import Draw, GeneratedTaskEnv, round_half_up, table_kind
 
-DIFFICULTIES = (1, 2, 3)
+DIFFICULTIES = (0, 1, 2, 3)
 LANGUAGES = ("en", "vi")
 HOLDOUT = 10  # one parameter set in HOLDOUT is eval-only
 
@@ -31,6 +37,41 @@ TASKS: dict[int, tuple[str, ...]] = {
     1: ("simple", "compound", "percent"),
     2: ("simple", "compound", "loan", "percent"),
     3: ("compound", "loan", "percent"),
+}
+
+# Difficulty 0: a rate sheet of 3-5 of these products (key -> code, name by language), each at a
+# distinct rate of RATE_TENTHS tenths of a percent (0.5% .. 19.9%, shown as an int when whole).
+TABLE_TASK = "rate_table"
+PRODUCTS: dict[str, tuple[str, dict[str, str]]] = {
+    "savings": ("SV", {"en": "savings", "vi": "tiết kiệm"}),
+    "deposit": ("TD", {"en": "deposit", "vi": "tiền gửi"}),
+    "loan": ("LN", {"en": "loan", "vi": "khoản vay"}),
+    "mortgage": ("MG", {"en": "mortgage", "vi": "vay thế chấp"}),
+    "car_loan": ("CL", {"en": "car loan", "vi": "vay mua xe"}),
+    "card": ("CC", {"en": "card", "vi": "thẻ tín dụng"}),
+    "bond": ("BD", {"en": "bond", "vi": "trái phiếu"}),
+    "overdraft": ("OD", {"en": "overdraft", "vi": "thấu chi"}),
+    "fund": ("FD", {"en": "fund", "vi": "quỹ"}),
+    "pension": ("PN", {"en": "pension", "vi": "hưu trí"}),
+}
+RATE_TENTHS = range(5, 200)
+
+# Difficulty-0 wording by language: the sheet, then one question per kind (pick: highest or lowest).
+_TABLE_TEXT: dict[str, dict[str, str]] = {
+    "en": {
+        "table": "Rates: {items}.",
+        "forward": " Rate of {asked} in %?",
+        "reverse": " Which code has a {asked}% rate?",
+        "highest": " Which code has the highest rate?",
+        "lowest": " Which code has the lowest rate?",
+    },
+    "vi": {
+        "table": "Lãi suất: {items}.",
+        "forward": " Lãi suất {asked} là bao nhiêu %?",
+        "reverse": " Mã nào có lãi suất {asked}%?",
+        "highest": " Mã nào có lãi suất cao nhất?",
+        "lowest": " Mã nào có lãi suất thấp nhất?",
+    },
 }
 
 _DEC = {"en": {0: "whole number", 1: "1 decimal", 2: "2 decimals"},
@@ -71,12 +112,20 @@ def default_system_prompt(
     solution_start: str = "<answer>",
     solution_end: str = "</answer>",
     language: str = "en",
+    difficulty: int = 1,
 ) -> str:
-    """The financial default instruction built from the tags.
+    """The financial default instruction built from the tags (at difficulty 0 the answer can be a code).
 
     >>> default_system_prompt()
     'Finance math. Reply as <think>work</think><answer>number</answer>: the number only, no $ or %, rounded as asked.'
+    >>> default_system_prompt(difficulty=0)
+    'Read the rate sheet. Reply as <think>work</think><answer>X</answer>: X is the value or code only, no %, as written.'
     """
+    if difficulty == 0:
+        reply = f"{reasoning_start}work{reasoning_end}{solution_start}X{solution_end}"
+        if language == "vi":
+            return f"Đọc bảng lãi suất. Trả lời dạng {reply}: X chỉ ghi giá trị hoặc mã, không ghi %, đúng như trong bảng."
+        return f"Read the rate sheet. Reply as {reply}: X is the value or code only, no %, as written."
     reply = f"{reasoning_start}work{reasoning_end}{solution_start}number{solution_end}"
     if language == "vi":
         return f"Toán tài chính. Trả lời dạng {reply}: chỉ ghi số, không ghi $ hay %, làm tròn như yêu cầu."
@@ -101,6 +150,30 @@ def _rate(rng: random.Random, lo: int, hi: int, halves: bool) -> int | float:
         return rng.randint(lo, hi)
     r = rng.randint(2 * lo, 2 * hi) / 2
     return int(r) if r.is_integer() else r
+
+
+def _rate_table(rng: random.Random, language: str) -> Draw:
+    """A difficulty-0 draw: ``(task, question, params, answer, reasoning)``; ``params`` holds the sheet as
+    ``[code, product, rate]`` in the order shown, the question ``kind`` and what it ``asked``."""
+    text = _TABLE_TEXT[language]
+    k = rng.randint(3, 5)
+    products, tenths = rng.sample(tuple(PRODUCTS), k), rng.sample(RATE_TENTHS, k)
+    table = [[PRODUCTS[p][0], p, t // 10 if t % 10 == 0 else t / 10] for p, t in zip(products, tenths)]
+    entries = [f"{code} {PRODUCTS[p][1][language]} {rate}%" for code, p, rate in table]
+    kind = table_kind(rng)
+    if kind == "pick":
+        asked = rng.choice(("highest", "lowest"))
+        i = (max if asked == "highest" else min)(range(k), key=lambda j: table[j][2])
+        answer, ask = table[i][0], text[asked]
+        reasoning = f"{'max' if asked == 'highest' else 'min'}: {entries[i]}"
+    else:
+        i = rng.randrange(k)
+        code, product, rate = table[i]
+        asked, answer = (product, str(rate)) if kind == "forward" else (rate, code)
+        reasoning = entries[i]
+        ask = text[kind].format(asked=PRODUCTS[product][1][language] if kind == "forward" else rate)
+    question = text["table"].format(items=", ".join(entries)) + ask
+    return TABLE_TASK, question, {"table": table, "kind": kind, "asked": asked}, answer, reasoning
 
 
 def _draw(rng: random.Random, task: str, difficulty: int) -> tuple[str, dict, int, str, str]:
@@ -159,11 +232,14 @@ class FinancialEnv(GeneratedTaskEnv):
     def default_prompt(self) -> str:
         """``default_system_prompt`` built from this env's tags, in its language."""
         return default_system_prompt(
-            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language
+            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language,
+            self.difficulty,
         )
 
     def draw(self, rng: random.Random) -> Draw:
         """Draw ``(task, question, params, answer, reasoning)`` from ``rng``."""
+        if self.difficulty == 0:
+            return _rate_table(rng, self.language)
         task = rng.choice(TASKS[self.difficulty])
         template, params, places, answer, reasoning = _draw(rng, task, self.difficulty)
         question = _TEMPLATES[template][self.language].format(dec=_DEC[self.language][places], **params)

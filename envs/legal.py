@@ -1,10 +1,11 @@
-"""Built-in task: a toy traffic rulebook — fines, appeal deadlines and which article applies.
+"""Built-in task: a toy rulebook — fines, appeal deadlines and which article applies.
 
 Every question carries the rules it needs (the relevant excerpt of the fine table, the deadline in
 days, the candidate articles with their titles), so the answer follows from the prompt alone. The
 rulebook below is invented for training, not any real country's law.
 
-Like ``envs/arithmetic.py``: short questions (<= 110 characters in English, byte-level model),
+Like ``envs/arithmetic.py``: short questions (<= 110 characters in English, <= 150 for a fine table;
+byte-level model),
 ``batch`` from ``random.Random(f"{seed}:{step}")``, ``eval_rows`` from ``f"{seed}:eval"``, and one
 parameter set in ``HOLDOUT`` reserved for eval. Rows carry ``params`` (the inputs in the question).
 
@@ -14,6 +15,10 @@ number.
 
 Difficulty levels:
 
+0. facts in the prompt: an excerpt of 3-5 articles (random numbers 1-40, in order), each fining one
+   offence from ``TABLE_OFFENCES`` a distinct amount; the fine for a named offence (as written), the
+   article that covers a named offence or fines a given amount, or the article with the highest or
+   lowest fine;
 1. speeding fine from the vehicle's brackets and the km/h over; a deadline of 3-10 days;
    which of 2 articles applies;
 2. speeding fine from the speed and the limit, or one offence among two listed; a 15-90 day
@@ -27,9 +32,9 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-from envs.task import Draw, GeneratedTaskEnv
+from envs.task import Draw, GeneratedTaskEnv, table_kind
 
-DIFFICULTIES = (1, 2, 3)
+DIFFICULTIES = (0, 1, 2, 3)
 LANGUAGES = ("en", "vi")
 HOLDOUT = 10  # one parameter set in HOLDOUT is eval-only
 TASKS = ("fine", "deadline", "article")
@@ -84,6 +89,48 @@ ARTICLES: dict[int, tuple[str, dict[str, str], dict[str, str]]] = {
          {"en": "A van stopped on a sidewalk.", "vi": "Xe van dừng trên vỉa hè."}),
 }
 
+# Difficulty 0: an excerpt of 3-5 articles, numbered from ARTICLE_NUMBERS, each fining one of these
+# offences (key -> title by language) an amount from TABLE_FINES (all above 40: never an article number).
+TABLE_TASK = "fine_table"
+TABLE_OFFENCES: dict[str, dict[str, str]] = {
+    "parking": {"en": "parking", "vi": "đỗ xe sai"},
+    "noise": {"en": "noise", "vi": "gây ồn"},
+    "littering": {"en": "littering", "vi": "xả rác"},
+    "speeding": {"en": "speeding", "vi": "quá tốc độ"},
+    "red_light": {"en": "red light", "vi": "vượt đèn đỏ"},
+    "no_helmet": {"en": "no helmet", "vi": "không đội mũ"},
+    "no_seatbelt": {"en": "no seatbelt", "vi": "không thắt dây"},
+    "phone": {"en": "phone use", "vi": "dùng điện thoại"},
+    "alcohol": {"en": "alcohol", "vi": "nồng độ cồn"},
+    "overload": {"en": "overload", "vi": "quá tải"},
+    "jaywalking": {"en": "jaywalking", "vi": "sang đường ẩu"},
+    "graffiti": {"en": "graffiti", "vi": "vẽ bậy"},
+}
+ARTICLE_NUMBERS = range(1, 41)
+TABLE_FINES = range(50, 510, 10)
+
+# Difficulty-0 wording by language: the excerpt, one entry, then one question per kind.
+_TABLE_TEXT: dict[str, dict[str, str]] = {
+    "en": {
+        "table": "Fines by article: {items}.",
+        "entry": "{n} {offence} ${fine}",
+        "forward": " Fine for {asked} in $?",
+        "article": " Which article covers {asked}?",
+        "reverse": " Which article fines ${asked}?",
+        "highest": " Which article has the highest fine?",
+        "lowest": " Which article has the lowest fine?",
+    },
+    "vi": {
+        "table": "Phạt theo điều: {items}.",
+        "entry": "{n} {offence} ${fine}",
+        "forward": " Phạt {asked} bao nhiêu $?",
+        "article": " Điều nào quy định {asked}?",
+        "reverse": " Điều nào phạt ${asked}?",
+        "highest": " Điều nào phạt cao nhất?",
+        "lowest": " Điều nào phạt thấp nhất?",
+    },
+}
+
 _TEXT: dict[str, dict[str, str]] = {
     "en": {
         "speed_table": "{Vehicle} fine by km/h over: 1-10 ${f1}, 11-20 ${f2}, 21+ ${f3}.",
@@ -118,13 +165,20 @@ def default_system_prompt(
     solution_start: str = "<answer>",
     solution_end: str = "</answer>",
     language: str = "en",
+    difficulty: int = 1,
 ) -> str:
-    """The legal default instruction built from the tags.
+    """The legal default instruction built from the tags (at difficulty 0: a fine or an article, as written).
 
     >>> default_system_prompt()[:69]
     'Apply the rules given. Reply as <think>work</think><answer>X</answer>'
+    >>> default_system_prompt(difficulty=0)
+    'Read the rules given. Reply as <think>work</think><answer>X</answer>; X is only the fine or the article number, as written.'
     """
     reply = f"{reasoning_start}work{reasoning_end}{solution_start}X{solution_end}"
+    if difficulty == 0:
+        if language == "vi":
+            return f"Đọc quy định đã cho. Trả lời dạng {reply}; X chỉ ghi mức phạt hoặc số điều, đúng như đã ghi."
+        return f"Read the rules given. Reply as {reply}; X is only the fine or the article number, as written."
     if language == "vi":
         return (f"Áp dụng quy định đã cho. Trả lời dạng {reply}; X là số tiền phạt, ngày dạng YYYY-MM-DD "
                 "(tính theo ngày lịch, không tính ngày đầu) hoặc số điều.")
@@ -207,6 +261,37 @@ def _article(rng: random.Random, difficulty: int, lang: str) -> tuple[str, dict,
     return question, params, str(answer), f"{ARTICLES[answer][0]}->Art. {answer}"
 
 
+def _fine_table(rng: random.Random, language: str) -> Draw:
+    """A difficulty-0 draw: ``(task, question, params, answer, reasoning)``; ``params`` holds the excerpt as
+    ``[article, offence, fine]`` in the order shown, the question ``kind`` and what it ``asked``.
+
+    Kinds: ``forward`` (offence -> fine), ``article`` (offence -> article) and ``reverse`` (fine ->
+    article), half and half of ``table_kind``'s reverse share, and ``pick`` (-> article).
+    """
+    text = _TABLE_TEXT[language]
+    k = rng.randint(3, 5)
+    numbers, offences = sorted(rng.sample(ARTICLE_NUMBERS, k)), rng.sample(tuple(TABLE_OFFENCES), k)
+    table = [list(entry) for entry in zip(numbers, offences, rng.sample(TABLE_FINES, k))]
+    kind = table_kind(rng)
+    if kind == "reverse" and rng.random() < 0.5:
+        kind = "article"
+    entries = [text["entry"].format(n=n, offence=TABLE_OFFENCES[o][language], fine=f) for n, o, f in table]
+    if kind == "pick":
+        asked = rng.choice(("highest", "lowest"))
+        i = (max if asked == "highest" else min)(range(k), key=lambda j: table[j][2])
+        answer, ask = str(table[i][0]), text[asked]
+        reasoning = f"{'max' if asked == 'highest' else 'min'}: {entries[i]}"
+    else:
+        i = rng.randrange(k)
+        n, offence, fine = table[i]
+        asked = fine if kind == "reverse" else offence
+        answer = str(fine) if kind == "forward" else str(n)
+        reasoning = entries[i]
+        ask = text[kind].format(asked=fine if kind == "reverse" else TABLE_OFFENCES[offence][language])
+    question = text["table"].format(items="; ".join(entries)) + ask
+    return TABLE_TASK, question, {"table": table, "kind": kind, "asked": asked}, answer, reasoning
+
+
 _DRAW = {"fine": _fine, "deadline": _deadline, "article": _article}
 
 
@@ -219,11 +304,14 @@ class LegalEnv(GeneratedTaskEnv):
     def default_prompt(self) -> str:
         """``default_system_prompt`` built from this env's tags, in its language."""
         return default_system_prompt(
-            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language
+            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language,
+            self.difficulty,
         )
 
     def draw(self, rng: random.Random) -> Draw:
         """Draw ``(task, question, params, answer, reasoning)`` from ``rng``."""
+        if self.difficulty == 0:
+            return _fine_table(rng, self.language)
         task = rng.choice(TASKS)
         question, params, answer, reasoning = _DRAW[task](rng, self.difficulty, self.language)
         return task, question, params, answer, reasoning

@@ -1,9 +1,11 @@
-"""Built-in task: short clinical calculations (dose by weight, infusion rate, unit conversion, BMI).
+"""Built-in task: reading a dose table, and short clinical calculations (dose by weight, infusion rate,
+unit conversion, BMI).
 
-Like ``envs/arithmetic.py``: questions are short (<= 110 characters in English) because the built-in
-model is byte-level; ``batch`` draws from ``random.Random(f"{seed}:{step}")`` and ``eval_rows`` from
-``f"{seed}:eval"``. One parameter set in ``HOLDOUT`` (by a CRC of the task and its parameters) is
-reserved for eval, so a training row never repeats an eval question.
+Like ``envs/arithmetic.py``: questions are short (<= 110 characters in English, <= 150 for a dose
+table) because the built-in model is byte-level; ``batch`` draws from
+``random.Random(f"{seed}:{step}")`` and ``eval_rows`` from ``f"{seed}:eval"``. One parameter set in
+``HOLDOUT`` (by a CRC of the task and its parameters) is reserved for eval, so a training row never
+repeats an eval question.
 
 Every row carries ``params``, the raw inputs shown in the question, so a checker can recompute the
 answer. Answers are exact (``fractions.Fraction``) then rounded half away from zero as the question
@@ -11,6 +13,9 @@ says; integers where the question asks for a whole number.
 
 Difficulty levels:
 
+0. facts in the prompt: a table of 3-5 drugs (from ``DRUGS``) with their doses in mg/kg, in a
+   random order; the dose of a named drug (the number as written), the drug with a given dose, or
+   the drug with the highest or lowest dose (drug names are the same in English and Vietnamese);
 1. dose = mg/kg x kg; infusion mL/h = mL / h (exact); g -> mg, L -> mL;
 2. dose capped at a maximum; mL/h rounded to whole; mg -> g, mL -> L, lb -> kg (1 kg = 2.2 lb,
    1 decimal); BMI = kg / m^2 (1 decimal);
@@ -24,9 +29,9 @@ import random
 from decimal import Decimal
 from fractions import Fraction
 
-from envs.task import Draw, GeneratedTaskEnv, round_half_up
+from envs.task import Draw, GeneratedTaskEnv, round_half_up, table_kind
 
-DIFFICULTIES = (1, 2, 3)
+DIFFICULTIES = (0, 1, 2, 3)
 LANGUAGES = ("en", "vi")
 HOLDOUT = 10  # one parameter set in HOLDOUT is eval-only
 
@@ -34,6 +39,30 @@ TASKS: dict[int, tuple[str, ...]] = {
     1: ("dose", "infusion", "convert"),
     2: ("dose", "infusion", "convert", "bmi"),
     3: ("dose", "infusion", "convert", "bmi"),
+}
+
+# Difficulty 0: a dose table of 3-5 of these drugs, each with a distinct dose from DOSES_MG_PER_KG.
+TABLE_TASK = "dose_table"
+DRUGS = ("ibuprofen", "paracetamol", "amoxicillin", "cefalexin", "azithromycin", "gentamicin", "vancomycin",
+         "ceftriaxone", "acyclovir", "ondansetron")
+DOSES_MG_PER_KG: tuple[int | float, ...] = (1, 2, 2.5, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50, 75, 100)
+
+# Difficulty-0 wording by language: the table, then one question per kind (pick: highest or lowest).
+_TABLE_TEXT: dict[str, dict[str, str]] = {
+    "en": {
+        "table": "Doses in mg/kg: {items}.",
+        "forward": " Dose of {asked} in mg/kg?",
+        "reverse": " Which drug is dosed at {asked} mg/kg?",
+        "highest": " Which drug has the highest dose?",
+        "lowest": " Which drug has the lowest dose?",
+    },
+    "vi": {
+        "table": "Liều (mg/kg): {items}.",
+        "forward": " Liều {asked} là bao nhiêu mg/kg?",
+        "reverse": " Thuốc nào có liều {asked} mg/kg?",
+        "highest": " Thuốc nào có liều cao nhất?",
+        "lowest": " Thuốc nào có liều thấp nhất?",
+    },
 }
 
 # Question templates by (task variant, language); ``{x}`` fields come from the row's ``params``.
@@ -88,12 +117,20 @@ def default_system_prompt(
     solution_start: str = "<answer>",
     solution_end: str = "</answer>",
     language: str = "en",
+    difficulty: int = 1,
 ) -> str:
-    """The medical default instruction built from the tags.
+    """The medical default instruction built from the tags (at difficulty 0 the answer can be a name).
 
     >>> default_system_prompt()
     'Medical calculation. Reply as <think>work</think><answer>number</answer>: the number only, in the unit asked, rounded as asked.'
+    >>> default_system_prompt(difficulty=0)
+    'Read the dose table. Reply as <think>work</think><answer>X</answer>: X is the value or name only, as written in the table.'
     """
+    if difficulty == 0:
+        reply = f"{reasoning_start}work{reasoning_end}{solution_start}X{solution_end}"
+        if language == "vi":
+            return f"Đọc bảng liều. Trả lời dạng {reply}: X chỉ ghi giá trị hoặc tên, đúng như trong bảng."
+        return f"Read the dose table. Reply as {reply}: X is the value or name only, as written in the table."
     reply = f"{reasoning_start}work{reasoning_end}{solution_start}number{solution_end}"
     if language == "vi":
         return f"Tính toán y khoa. Trả lời dạng {reply}: chỉ ghi số, theo đơn vị và cách làm tròn được hỏi."
@@ -109,6 +146,25 @@ def _decimal(numerator: int, denominator: int) -> int | float:
     """``numerator / denominator`` as an int when whole, else a float (for ``params``)."""
     q = Fraction(numerator, denominator)
     return int(q) if q.denominator == 1 else float(q)
+
+
+def _dose_table(rng: random.Random, language: str) -> Draw:
+    """A difficulty-0 draw: ``(task, question, params, answer, reasoning)``; ``params`` holds the table as
+    ``[drug, mg/kg]`` pairs in the order shown, the question ``kind`` and what it ``asked``."""
+    text = _TABLE_TEXT[language]
+    drugs = rng.sample(DRUGS, rng.randint(3, 5))
+    table = [[drug, dose] for drug, dose in zip(drugs, rng.sample(DOSES_MG_PER_KG, len(drugs)))]
+    kind = table_kind(rng)
+    if kind == "pick":
+        asked = rng.choice(("highest", "lowest"))
+        drug, dose = (max if asked == "highest" else min)(table, key=lambda entry: entry[1])
+        answer, reasoning, ask = drug, f"{'max' if asked == 'highest' else 'min'}: {drug} {dose}", text[asked]
+    else:
+        drug, dose = rng.choice(table)
+        asked, answer = (drug, str(dose)) if kind == "forward" else (dose, drug)
+        reasoning, ask = f"{drug} {dose}", text[kind].format(asked=asked)
+    question = text["table"].format(items=", ".join(f"{d} {v}" for d, v in table)) + ask
+    return TABLE_TASK, question, {"table": table, "kind": kind, "asked": asked}, answer, reasoning
 
 
 def _draw(rng: random.Random, task: str, difficulty: int) -> tuple[str, dict, str, str]:
@@ -172,11 +228,14 @@ class MedicalEnv(GeneratedTaskEnv):
     def default_prompt(self) -> str:
         """``default_system_prompt`` built from this env's tags, in its language."""
         return default_system_prompt(
-            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language
+            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language,
+            self.difficulty,
         )
 
     def draw(self, rng: random.Random) -> Draw:
         """Draw ``(task, question, params, answer, reasoning)`` from ``rng``."""
+        if self.difficulty == 0:
+            return _dose_table(rng, self.language)
         task = rng.choice(TASKS[self.difficulty])
         template, params, answer, reasoning = _draw(rng, task, self.difficulty)
         return template, _TEMPLATES[template][self.language].format(**params), params, answer, reasoning

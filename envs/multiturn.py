@@ -72,7 +72,7 @@ class GuessNumberEnv(MultiTurnEnv):
         return [self._row(rng) for _ in range(n)]
 
     def eval_rows(self, n: int) -> list[dict]:
-        rng = random.Random(f"{self.seed}:eval")
+        rng = random.Random(f"{self.held_out_seed()}:eval")
         return [self._row(rng) for _ in range(n)]
 
     def reset(self, row: dict) -> dict:

@@ -5,6 +5,9 @@ A subclass sets ``domain``, ``DIFFICULTIES`` and ``LANGUAGES`` and implements tw
 prompt used when none is given). ``batch`` draws from ``random.Random(f"{seed}:{step}")`` and
 ``eval_rows`` from ``f"{seed}:eval"``; one parameter set in ``HOLDOUT`` (by a CRC of the task and its
 parameters, see ``held_out``) is reserved for eval, so a training row never repeats an eval question.
+
+Difficulty 0 of each domain ("facts in the prompt") shows a small table and asks to read or pick
+from it; ``table_kind`` draws the kind of question, the same mix in every domain.
 """
 
 from __future__ import annotations
@@ -45,6 +48,18 @@ def held_out(task: str, params: dict, holdout: int = 10) -> bool:
     (False, True)
     """
     return zlib.crc32(f"{task}:{sorted(params.items())}".encode()) % holdout == 0
+
+
+def table_kind(rng: random.Random) -> str:
+    """The kind of a difficulty-0 question: ``forward`` 60% of the time (an entry's value, as written),
+    ``reverse`` 30% (the entry with a given value) and ``pick`` 10% (the entry with the highest or
+    lowest value). One ``rng.random()`` draw.
+
+    >>> [table_kind(random.Random(s)) for s in range(6)]
+    ['reverse', 'forward', 'pick', 'forward', 'forward', 'reverse']
+    """
+    u = rng.random()
+    return "forward" if u < 0.6 else "reverse" if u < 0.9 else "pick"
 
 
 class TaskEnv(Env):
@@ -88,8 +103,8 @@ class TaskEnv(Env):
         return self._rows(random.Random(f"{self.seed}:{step}"), n, eval_side=False)
 
     def eval_rows(self, n: int) -> list[dict]:
-        """The first ``n`` rows of the held-out stream ``random.Random(f"{seed}:eval")``."""
-        return self._rows(random.Random(f"{self.seed}:eval"), n, eval_side=True)
+        """The first ``n`` rows of the held-out stream ``random.Random(f"{held_out_seed}:eval")``."""
+        return self._rows(random.Random(f"{self.held_out_seed()}:eval"), n, eval_side=True)
 
     def solution_text(self, row: dict) -> str:
         """The ideal completion for ``row``: ``<think>20*15=300</think><answer>300</answer>``."""

@@ -53,7 +53,7 @@ class GroupActor:
                 sys.path.append(p)
         self.plan, self.name, self.hp = plan, plan.name, dict(plan.grpo)
         self.game_role = plan.env.get("role")  # a game agent: the coordinator plays the game
-        self.env = None if self.game_role is not None else build_env(plan.env, plan.seed, plan.tags)
+        self.env = None if self.game_role is not None else build_env(plan.env, plan.seed, plan.tags, plan.eval_seed)
         self.reward_fns = build_rewards(plan.rewards, plan.tags, plan.extra_sys_path)
         self.is_correct = accuracy_fn(plan.tags)
         self.is_formatted = load_reward("format_exact", defaults=plan.tags)

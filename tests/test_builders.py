@@ -17,3 +17,31 @@ def test_reward_names_are_unique_and_tags_reach_builtins():
     assert [(n, w) for n, _, w in fns] == [("format_exact", 2.0), ("format_exact_2", 1.0)]
     fn = fns[0][1]
     assert fn(None, ["<think>a</think><SOLUTION>1</SOLUTION>", "<think>a</think><answer>1</answer>"]) == [1.0, 0.0]
+
+
+def test_a_cohorts_replicas_train_apart_and_are_evaluated_on_one_held_out_set(tmp_path):
+    """Replicas differ by seed in what they train on; their held-out set is the cohort's, so their eval
+    scores compare like with like and no replica trains on another's held-out rows (datasets too)."""
+    import json
+    from pathlib import Path
+
+    from engine.builders import build_env, group_plans
+    from engine.config import RunConfig
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n" for i in range(40)))
+    cfg = RunConfig.model_validate({"groups": [
+        {"name": "med", "num_groups": 3, "env": {"type": "medical", "difficulty": 0}},
+        {"name": "ds", "num_groups": 2, "env": {"type": "dataset", "path": str(data), "eval_fraction": 0.2}},
+    ]})
+    plans = group_plans(cfg, Path(tmp_path))
+    envs = {p.name: build_env(p.env, p.seed, p.tags, p.eval_seed) for p in plans}
+    questions = lambda rows: [r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"] for r in rows]
+    med = [envs[f"med-{k}"] for k in range(3)]
+    assert len({tuple(questions(e.batch(1, 4))) for e in med}) == 3  # each replica its own training stream
+    assert len({tuple(questions(e.eval_rows(8))) for e in med}) == 1  # one held-out set
+    ds = [envs["ds-0"], envs["ds-1"]]
+    held = set(questions(ds[0].eval_rows(8)))
+    assert held == set(questions(ds[1].eval_rows(8))) and len(held) == 8
+    trained = {q for e in ds for step in range(1, 12) for q in questions(e.batch(step, 4))}
+    assert trained and not trained & held

@@ -1,7 +1,8 @@
 """Behaviour tests for the built-in domain tasks (envs/medical.py, envs/legal.py, envs/financial.py).
 
 Every answer is recomputed here from the row's ``params`` with this file's own formulas (floats,
-not the envs' exact helpers), and every input in ``params`` must be visible in the question.
+not the envs' exact helpers), and every input in ``params`` must be visible in the question. At
+difficulty 0 ("facts in the prompt") the answer is read or picked from the table in ``params``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from envs.medical import MedicalEnv
 
 DOMAINS = ("medical", "legal", "financial")
 LANGS = ("en", "vi")
+LEVELS = (0, 1, 2, 3)
 MAX_CHARS = {"en": 110, "vi": 120}
-CASES = [(d, k, lang) for d in DOMAINS for k in (1, 2, 3) for lang in LANGS]
+TABLE_MAX_CHARS = {"en": 150, "vi": 190}  # difficulty 0: the question carries a table of 3-5 entries
+CASES = [(d, k, lang) for d in DOMAINS for k in LEVELS for lang in LANGS]
+TABLE_TASK = {"medical": "dose_table", "legal": "fine_table", "financial": "rate_table"}
 
 # The rulebook as this test expects it: topic -> article, and a word its case must contain (en, vi).
 ARTICLE_OF = {"speed": 3, "red_light": 5, "helmet": 6, "seatbelt": 8, "phone": 9, "load": 11, "alcohol": 12, "parking": 15}
@@ -118,7 +122,33 @@ def _check_legal(row: dict) -> None:
         assert CASE_WORD[p["topic"]][row["language"] == "vi"] in q, q
 
 
+def _check_table_answer(row: dict) -> None:
+    """Difficulty 0: entries are ``[key, name, value]`` (medical: ``[drug, dose]``, the drug being both
+    key and name); the answer is the asked entry's value as written, or its key."""
+    p, answer = row["params"], row["answer"]
+    table, kind, asked = p["table"], p["kind"], p["asked"]
+    assert row["task"] == TABLE_TASK[row["domain"]]
+    if kind == "forward":
+        (entry,) = [e for e in table if e[-2] == asked]
+        assert answer == str(entry[-1]) and re.fullmatch(r"\d+(\.\d)?", answer), (answer, entry)
+    elif kind == "article":
+        assert row["domain"] == "legal"
+        (entry,) = [e for e in table if e[-2] == asked]
+        assert answer == str(entry[0])
+    elif kind == "reverse":
+        (entry,) = [e for e in table if e[-1] == asked]
+        assert answer == str(entry[0])
+    else:
+        assert kind == "pick" and asked in ("highest", "lowest"), p
+        values = [e[-1] for e in table]
+        best = max(values) if asked == "highest" else min(values)
+        assert answer == str(table[values.index(best)][0])
+
+
 def _check_answer(row: dict) -> None:
+    if row["difficulty"] == 0:
+        _check_table_answer(row)
+        return
     if row["domain"] == "legal":
         _check_legal(row)
         return
@@ -142,18 +172,19 @@ def _is_vietnamese(text: str) -> bool:
 def test_answers_recomputed_from_params(domain, difficulty, language):
     env = make_domain_env(domain, seed=7, difficulty=difficulty, language=language)
     rows = _rows(env)
-    assert len({r["task"] for r in rows}) >= 3
+    assert len({r["params"]["kind"] if difficulty == 0 else r["task"] for r in rows}) >= 3
+    max_chars = (TABLE_MAX_CHARS if difficulty == 0 else MAX_CHARS)[language]
     for row in rows:
         assert row["domain"] == domain and row["difficulty"] == difficulty and row["language"] == language
         assert row["prompt"] == [{"role": "system", "content": env.system_prompt}, {"role": "user", "content": row["question"]}]
         assert isinstance(row["answer"], str) and row["reasoning"] and row["answer"] in row["reasoning"]
         _check_answer(row)
         _params_in_question(row)
-        assert len(row["question"]) <= MAX_CHARS[language], row["question"]
+        assert len(row["question"]) <= max_chars, row["question"]
         assert _is_vietnamese(row["question"]) == (language == "vi"), row["question"]
 
 
-@pytest.mark.parametrize("domain,difficulty", [(d, k) for d in DOMAINS for k in (1, 2, 3)])
+@pytest.mark.parametrize("domain,difficulty", [(d, k) for d in DOMAINS for k in LEVELS])
 def test_vietnamese_has_same_params_and_answers(domain, difficulty):
     en = make_domain_env(domain, seed=3, difficulty=difficulty)
     vi = make_domain_env(domain, seed=3, difficulty=difficulty, language="vi")
@@ -174,7 +205,7 @@ def test_batch_is_a_pure_function_of_seed_and_step(domain):
     assert env.eval_rows(5) == env.eval_rows(8)[:5]
 
 
-@pytest.mark.parametrize("domain,difficulty", [(d, k) for d in DOMAINS for k in (1, 2, 3)])
+@pytest.mark.parametrize("domain,difficulty", [(d, k) for d in DOMAINS for k in LEVELS])
 def test_eval_rows_are_held_out_from_training(domain, difficulty):
     env = make_domain_env(domain, seed=0, difficulty=difficulty)
     key = lambda r: (r["task"], sorted(r["params"].items()))  # noqa: E731
@@ -187,8 +218,8 @@ def test_eval_rows_are_held_out_from_training(domain, difficulty):
 @pytest.mark.parametrize("cls", [MedicalEnv, LegalEnv, FinancialEnv])
 def test_system_prompt_and_solution_text_use_the_tags(cls):
     tags = {"reasoning_start": "<r>", "reasoning_end": "</r>", "solution_start": "<s>", "solution_end": "</s>"}
-    for language in LANGS:
-        env = cls(difficulty=3, language=language, **tags)
+    for language, difficulty in ((lang, k) for lang in LANGS for k in (0, 3)):
+        env = cls(difficulty=difficulty, language=language, **tags)
         assert all(t in env.system_prompt for t in tags.values())
         assert (env.reasoning_start, env.reasoning_end, env.solution_start, env.solution_end) == tuple(tags.values())
         for row in env.batch(0, 12):
@@ -208,12 +239,73 @@ def test_system_prompts_name_the_answer_format():
 
 @pytest.mark.parametrize("cls", [MedicalEnv, LegalEnv, FinancialEnv])
 def test_bad_arguments_name_the_field(cls):
-    for bad in (0, 4, "1"):
+    for bad in (-1, 4, "1"):
         with pytest.raises(ValueError, match="difficulty"):
             cls(difficulty=bad)
     for bad in ("fr", "EN", ""):
         with pytest.raises(ValueError, match="language"):
             cls(language=bad)
+
+
+# The rows of a difficulty-0 table as shown: (separator, one entry's pattern; group 1 is the name as
+# written), for entries [key, name, value].
+TABLE_LAYOUT = {
+    "medical": (", ", lambda e: rf"({re.escape(e[0])}) {re.escape(str(e[1]))}"),
+    "legal": ("; ", lambda e: rf"{e[0]} (.+?) \${e[2]}"),
+    "financial": (", ", lambda e: rf"{e[0]} (.+?) {re.escape(str(e[2]))}%"),
+}
+
+
+@pytest.mark.parametrize("domain,language", [(d, lang) for d in DOMAINS for lang in LANGS])
+def test_table_questions_show_every_entry_and_contain_the_answer(domain, language):
+    env = make_domain_env(domain, seed=11, difficulty=0, language=language)
+    rows = _rows(env, steps=40)
+    orders = set()
+    for row in rows:
+        table, q = row["params"]["table"], row["question"]
+        assert 3 <= len(table) <= 5
+        for column in range(len(table[0])):
+            assert len({e[column] for e in table}) == len(table), table  # keys, names and values distinct
+        sep, entry = TABLE_LAYOUT[domain]
+        shown = re.search(": " + re.escape(sep).join(entry(e) for e in table) + r"\. ", q)
+        assert shown, (table, q)
+        titles = shown.groups()
+        assert all(titles) and len(set(titles)) == len(titles), titles
+        if language == "en":
+            assert all(e[-2].replace("_", " ") in t for e, t in zip(table, titles, strict=True)), (table, titles)
+        asked = row["params"]["asked"]
+        if row["params"]["kind"] in ("forward", "article"):  # the name asked about is written as in the table
+            assert titles[[e[-2] for e in table].index(asked)] in q[shown.end():], q
+        assert row["answer"] in q, (row["answer"], q)
+        orders.add(tuple(sorted(range(len(table)), key=lambda i: table[i][-1])))
+    assert len(orders) > 10  # entries are not listed by value
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_table_kinds_mix_and_vocabulary(domain):
+    rows = [r for s in range(250) for r in make_domain_env(domain, seed=4, difficulty=0).batch(s, 8)]
+    kinds = [r["params"]["kind"] for r in rows]
+    share = {k: kinds.count(k) / len(kinds) for k in set(kinds)}
+    assert share["forward"] == pytest.approx(0.6, abs=0.05)
+    assert share["reverse"] + share.get("article", 0) == pytest.approx(0.3, abs=0.05)
+    assert share["pick"] == pytest.approx(0.1, abs=0.03)
+    assert ("article" in share) == (domain == "legal")
+    assert {r["params"]["asked"] for r in rows if r["params"]["kind"] == "pick"} == {"highest", "lowest"}
+    names = {e[-2] for r in rows for e in r["params"]["table"]}
+    assert 8 <= len(names) <= 12, names
+
+
+@pytest.mark.parametrize("cls", [MedicalEnv, LegalEnv, FinancialEnv])
+def test_table_system_prompt_does_not_ask_for_a_number_only(cls):
+    for language in LANGS:
+        level0 = cls(difficulty=0, language=language).system_prompt
+        assert "number only" not in level0 and "chỉ ghi số" not in level0, level0
+        assert "<think>" in level0 and "<answer>" in level0
+        assert _is_vietnamese(level0) == (language == "vi")
+        assert {cls(difficulty=k, language=language).system_prompt for k in (1, 2, 3)} == {cls(language=language).system_prompt}
+        assert cls(language=language).system_prompt != level0
+    assert "name" in MedicalEnv(difficulty=0).system_prompt and "code" in FinancialEnv(difficulty=0).system_prompt
+    assert "article number" in LegalEnv(difficulty=0).system_prompt
 
 
 def test_registry():
