@@ -47,7 +47,12 @@ def task_requests(svc, names: list[str], make_env, args: argparse.Namespace) -> 
     requests = []
     for i, n in enumerate(names):
         rows = make_env(i).batch(0, args.prompts)
-        ids = [tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
-                   add_special_tokens=False)["input_ids"] for r in rows]
+        ids = [
+            tok(
+                tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False,
+            )["input_ids"]
+            for r in rows
+        ]
         requests.append(RolloutRequest(n, ids, args.group_size, args.tokens, seed=i))
     return requests

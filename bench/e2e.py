@@ -61,17 +61,33 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="builtin:tiny", help="builtin:tiny, builtin:random-1b or a local HF directory")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads of each model process (lorapop: ray.torch_threads); default every core")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of each model process (lorapop: ray.torch_threads); default every core",
+    )
     ap.add_argument("--out", default="bench/e2e.json")
     ap.add_argument("--only", choices=("lorapop", "trl"), default=None)
-    ap.add_argument("--rollout", default="{}", help="lorapop's rollout: section as JSON, e.g. "
-                    "'{\"in_process\": true, \"engine_kwargs\": {\"compilation_config\": {\"cudagraph_specialize_lora\": false}}}'")
-    ap.add_argument("--training", default="{}", help="lorapop's training: section as JSON, e.g. '{\"micro_batch_tokens\": 16384}'")
-    ap.add_argument("--population", default="{}", help="lorapop's population: section as JSON, e.g. '{\"checkpoint_interval\": 5}'")
-    ap.add_argument("--trl-runs", type=int, default=None,
-                    help="TRL runs actually made (default: one per group); the N runs' sums are then N x their "
-                         "mean (the runs are alike: same settings, other seeds), said in the table")
+    ap.add_argument(
+        "--rollout",
+        default="{}",
+        help="lorapop's rollout: section as JSON, e.g. "
+        '\'{"in_process": true, "engine_kwargs": {"compilation_config": {"cudagraph_specialize_lora": false}}}\'',
+    )
+    ap.add_argument(
+        "--training", default="{}", help="lorapop's training: section as JSON, e.g. '{\"micro_batch_tokens\": 16384}'"
+    )
+    ap.add_argument(
+        "--population", default="{}", help="lorapop's population: section as JSON, e.g. '{\"checkpoint_interval\": 5}'"
+    )
+    ap.add_argument(
+        "--trl-runs",
+        type=int,
+        default=None,
+        help="TRL runs actually made (default: one per group); the N runs' sums are then N x their "
+        "mean (the runs are alike: same settings, other seeds), said in the table",
+    )
     ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)  # internal: one TRL run, JSON spec
     return ap.parse_args()
 
@@ -137,8 +153,12 @@ class PeakMemory:
 
 
 def gpu_used_mib() -> float:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                         check=False, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        check=False,
+        capture_output=True,
+        text=True,
+    ).stdout
     return float(sum(float(x) for x in out.split()))
 
 
@@ -171,21 +191,39 @@ def steady(seconds: list[float]) -> tuple[float, int]:
 
 
 def lorapop_config(args, device: str, vllm: bool) -> dict:
-    grpo = {"prompts_per_step": args.prompts, "group_size": args.generations,
-            "max_completion_length": args.max_completion, "lr": args.lr, "beta": 0.0, "loss_type": "dapo",
-            "scale_rewards": "group", "temperature": 1.0}
+    grpo = {
+        "prompts_per_step": args.prompts,
+        "group_size": args.generations,
+        "max_completion_length": args.max_completion,
+        "lr": args.lr,
+        "beta": 0.0,
+        "loss_type": "dapo",
+        "scale_rewards": "group",
+        "temperature": 1.0,
+    }
     if vllm:
         grpo["vllm_importance_sampling_correction"] = True
     return {
-        "seed": args.seed, "steps": args.steps, "base_model": args.model,
+        "seed": args.seed,
+        "steps": args.steps,
+        "base_model": args.model,
         "backend": "auto" if device == "cuda" else "hf",
         "training": {"device": device, **json.loads(args.training)},  # defaults: see engine/config.py
         **({"rollout": rollout} if (rollout := json.loads(args.rollout)) else {}),
-        "eval_prompts": 0, "samples_per_step": 0,
-        "grpo": grpo, "lora": {"r": args.r, "alpha": args.alpha, "target_modules": "all-linear"},
-        "population": {"strategy": "none", **json.loads(args.population)}, **({"ray": {"torch_threads": args.threads}} if args.threads else {}),
-        "groups": [{"name": "g", "num_groups": args.groups, "env": {"type": "arithmetic", "difficulty": 1},
-                    "rewards": [{"name": "format_exact"}, {"name": "answer_numeric"}]}],
+        "eval_prompts": 0,
+        "samples_per_step": 0,
+        "grpo": grpo,
+        "lora": {"r": args.r, "alpha": args.alpha, "target_modules": "all-linear"},
+        "population": {"strategy": "none", **json.loads(args.population)},
+        **({"ray": {"torch_threads": args.threads}} if args.threads else {}),
+        "groups": [
+            {
+                "name": "g",
+                "num_groups": args.groups,
+                "env": {"type": "arithmetic", "difficulty": 1},
+                "rewards": [{"name": "format_exact"}, {"name": "answer_numeric"}],
+            }
+        ],
     }
 
 
@@ -211,11 +249,21 @@ def run_lorapop(args, device: str, vllm: bool, tmp: Path) -> dict:
     phases = phase_split(df, warm)
     events = pd.read_parquet(run_dir / "events")
     runtime = sorted(set(events.loc[events["kind"] == "runtime", "detail"]))  # each service's torch, kernels, threads
-    return {"wall_s": t["wall_s"], "startup_s": ready - t["start"], "first_step_s": ends[0] - t["start"],
-            "step_seconds": seconds, "steady_step_s": step_s, "steady_skips": warm, "phases": phases,
-            "memory": t["memory"], "reward_curve": curve.tolist(), "final_reward": float(curve.iloc[-LAST:].mean()),
-            "final_reward_by_group": last.groupby("group")["reward"].mean().to_dict(),
-            "runtime": runtime, "config": lorapop_config(args, device, vllm)}
+    return {
+        "wall_s": t["wall_s"],
+        "startup_s": ready - t["start"],
+        "first_step_s": ends[0] - t["start"],
+        "step_seconds": seconds,
+        "steady_step_s": step_s,
+        "steady_skips": warm,
+        "phases": phases,
+        "memory": t["memory"],
+        "reward_curve": curve.tolist(),
+        "final_reward": float(curve.iloc[-LAST:].mean()),
+        "final_reward_by_group": last.groupby("group")["reward"].mean().to_dict(),
+        "runtime": runtime,
+        "config": lorapop_config(args, device, vllm),
+    }
 
 
 def phase_split(steps, warm: int) -> dict[str, float]:
@@ -224,8 +272,11 @@ def phase_split(steps, warm: int) -> dict[str, float]:
     cols = [c for c in steps.columns if c.startswith("time/")]
     per_step = steps.groupby("step")[cols].max().sort_index()
     per_step = per_step.iloc[warm:] if len(per_step) > warm else per_step
-    return {c.removeprefix("time/").removesuffix("_s"): float(statistics.median(per_step[c].dropna()))
-            for c in cols if per_step[c].notna().any()}
+    return {
+        c.removeprefix("time/").removesuffix("_s"): float(statistics.median(per_step[c].dropna()))
+        for c in cols
+        if per_step[c].notna().any()
+    }
 
 
 # --- TRL: N runs, one after another --------------------------------------------------------------
@@ -258,30 +309,59 @@ def trl_worker(spec: dict) -> None:
 
     cuda, vllm = spec["device"] == "cuda", spec["vllm"]
     config = GRPOConfig(
-        output_dir=spec["output_dir"], seed=spec["seed"], max_steps=spec["steps"],
+        output_dir=spec["output_dir"],
+        seed=spec["seed"],
+        max_steps=spec["steps"],
         per_device_train_batch_size=spec["prompts"] * spec["generations"],  # one generation batch = one optimizer step
-        gradient_accumulation_steps=1, num_generations=spec["generations"],
-        max_completion_length=spec["max_completion"], temperature=1.0, top_p=1.0,
-        learning_rate=spec["lr"], lr_scheduler_type="constant", adam_beta1=0.9, adam_beta2=0.99,  # lorapop's AdamW
-        weight_decay=0.0, max_grad_norm=1.0, beta=0.0, loss_type="dapo", scale_rewards="group",
-        epsilon=0.2, num_iterations=1, shuffle_dataset=False,
+        gradient_accumulation_steps=1,
+        num_generations=spec["generations"],
+        max_completion_length=spec["max_completion"],
+        temperature=1.0,
+        top_p=1.0,
+        learning_rate=spec["lr"],
+        lr_scheduler_type="constant",
+        adam_beta1=0.9,
+        adam_beta2=0.99,  # lorapop's AdamW
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=0.0,
+        loss_type="dapo",
+        scale_rewards="group",
+        epsilon=0.2,
+        num_iterations=1,
+        shuffle_dataset=False,
         # as lorapop's training.gradient_checkpointing auto: on for cuda (TRL's own default), off on the cpu
-        gradient_checkpointing=cuda, gradient_checkpointing_kwargs={"use_reentrant": False},
-        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=not cuda, bf16=cuda, model_init_kwargs={"dtype": "bfloat16" if cuda else "float32"},
-        use_vllm=vllm, vllm_mode="colocate", vllm_importance_sampling_correction=vllm,
-        vllm_importance_sampling_mode="token_truncate", vllm_importance_sampling_clip_max=3.0,  # as lorapop's
-        vllm_gpu_memory_utilization=spec["gpu_memory_utilization"], vllm_max_model_length=spec["max_model_len"],
+        gradient_checkpointing=cuda,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        bf16=cuda,
+        model_init_kwargs={"dtype": "bfloat16" if cuda else "float32"},
+        use_vllm=vllm,
+        vllm_mode="colocate",
+        vllm_importance_sampling_correction=vllm,
+        vllm_importance_sampling_mode="token_truncate",
+        vllm_importance_sampling_clip_max=3.0,  # as lorapop's
+        vllm_gpu_memory_utilization=spec["gpu_memory_utilization"],
+        vllm_max_model_length=spec["max_model_len"],
     )
     trainer = GRPOTrainer(
-        model=spec["model_path"], reward_funcs=[load_reward("format_exact"), load_reward("answer_numeric")],
-        args=config, train_dataset=dataset, callbacks=[Clock()],
-        peft_config=LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear",
-                               task_type="CAUSAL_LM"),
+        model=spec["model_path"],
+        reward_funcs=[load_reward("format_exact"), load_reward("answer_numeric")],
+        args=config,
+        train_dataset=dataset,
+        callbacks=[Clock()],
+        peft_config=LoraConfig(
+            r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
     )
     trainer.train()
-    Path(spec["out"]).write_text(json.dumps({**times, "log_history": trainer.state.log_history,
-                                             "torch_threads": torch.get_num_threads()}))
+    Path(spec["out"]).write_text(
+        json.dumps({**times, "log_history": trainer.state.log_history, "torch_threads": torch.get_num_threads()})
+    )
 
 
 def run_trl(args, device: str, vllm: bool, model_path: str, tmp: Path) -> dict:
@@ -290,54 +370,99 @@ def run_trl(args, device: str, vllm: bool, model_path: str, tmp: Path) -> dict:
     rollout = RolloutConfig()
     runs = []
     for k in range(min(args.trl_runs or args.groups, args.groups)):
-        spec = {"seed": args.seed + k,  # lorapop's replica k of the cohort: run seed + k
-                "steps": args.steps, "prompts": args.prompts, "generations": args.generations,
-                "max_completion": args.max_completion, "lr": args.lr, "r": args.r, "alpha": args.alpha,
-                "model_path": model_path, "device": device, "vllm": vllm, "threads": args.threads,
-                "gpu_memory_utilization": rollout.gpu_memory_utilization, "max_model_len": rollout.max_model_len,
-                "output_dir": str(tmp / f"trl-{k}"), "out": str(tmp / f"trl-{k}.json")}
-        t = timed_run([sys.executable, str(Path(__file__).resolve()), "--trl-worker", json.dumps(spec)],
-                      tmp / f"trl-{k}.log", device == "cuda")
+        spec = {
+            "seed": args.seed + k,  # lorapop's replica k of the cohort: run seed + k
+            "steps": args.steps,
+            "prompts": args.prompts,
+            "generations": args.generations,
+            "max_completion": args.max_completion,
+            "lr": args.lr,
+            "r": args.r,
+            "alpha": args.alpha,
+            "model_path": model_path,
+            "device": device,
+            "vllm": vllm,
+            "threads": args.threads,
+            "gpu_memory_utilization": rollout.gpu_memory_utilization,
+            "max_model_len": rollout.max_model_len,
+            "output_dir": str(tmp / f"trl-{k}"),
+            "out": str(tmp / f"trl-{k}.json"),
+        }
+        t = timed_run(
+            [sys.executable, str(Path(__file__).resolve()), "--trl-worker", json.dumps(spec)],
+            tmp / f"trl-{k}.log",
+            device == "cuda",
+        )
         got = json.loads(Path(spec["out"]).read_text())
         seconds = step_seconds(got["begin"], got["ends"])
         step_s, warm = steady(seconds)
         logged = sorted((h for h in got["log_history"] if "reward" in h), key=lambda h: h["step"])
         curve = [h["reward"] for h in logged]
-        runs.append({"wall_s": t["wall_s"], "startup_s": got["begin"] - t["start"],
-                     "first_step_s": got["ends"][0] - t["start"], "step_seconds": seconds, "steady_step_s": step_s,
-                     "trl_step_time": [h.get("step_time") for h in logged],  # TRL's own timer, for comparison
-                     "torch_threads": got["torch_threads"],
-                     "steady_skips": warm, "memory": t["memory"], "reward_curve": curve,
-                     "final_reward": statistics.fmean(curve[-LAST:]), "spec": spec})
+        runs.append(
+            {
+                "wall_s": t["wall_s"],
+                "startup_s": got["begin"] - t["start"],
+                "first_step_s": got["ends"][0] - t["start"],
+                "step_seconds": seconds,
+                "steady_step_s": step_s,
+                "trl_step_time": [h.get("step_time") for h in logged],  # TRL's own timer, for comparison
+                "torch_threads": got["torch_threads"],
+                "steady_skips": warm,
+                "memory": t["memory"],
+                "reward_curve": curve,
+                "final_reward": statistics.fmean(curve[-LAST:]),
+                "spec": spec,
+            }
+        )
         print(f"  TRL run {k + 1}/{args.groups}: {t['wall_s']:.1f}s", flush=True)
     memory = {key: max(r["memory"][key] for r in runs) for key in runs[0]["memory"]}
     curves = [r["reward_curve"] for r in runs]
     scale = args.groups / len(runs)  # 1 unless --trl-runs made fewer runs than groups
-    return {"wall_s": scale * sum(r["wall_s"] for r in runs), "first_step_s": runs[0]["first_step_s"],
-            "startup_s": runs[0]["startup_s"], "steady_step_s": scale * sum(r["steady_step_s"] for r in runs),
-            "runs_made": len(runs), "extrapolated": scale != 1,
-            "memory": memory, "final_reward": statistics.fmean(r["final_reward"] for r in runs),
-            "reward_curve": [statistics.fmean(c[i] for c in curves) for i in range(min(map(len, curves)))],
-            "runs": runs}
+    return {
+        "wall_s": scale * sum(r["wall_s"] for r in runs),
+        "first_step_s": runs[0]["first_step_s"],
+        "startup_s": runs[0]["startup_s"],
+        "steady_step_s": scale * sum(r["steady_step_s"] for r in runs),
+        "runs_made": len(runs),
+        "extrapolated": scale != 1,
+        "memory": memory,
+        "final_reward": statistics.fmean(r["final_reward"] for r in runs),
+        "reward_curve": [statistics.fmean(c[i] for c in curves) for i in range(min(map(len, curves)))],
+        "runs": runs,
+    }
 
 
 # --- report ---------------------------------------------------------------------------------------
 
 DIFFERENCES = [
-    ("checkpoints: lorapop checkpoints adapters, optimizer and RNG states every step (its default, for exact "
-     "resume) and saves each adapter at the end; TRL runs with save_strategy='no'"),
-    ("LoRA init: both are PEFT's default (A Kaiming-uniform, B zero), drawn from different RNG streams "
-     "(lorapop: the group seed; TRL: the global RNG when GRPOTrainer wraps the model)"),
-    ("rollout sampling seeds: lorapop seeds each step's sampling from (group seed, step); TRL seeds the process "
-     "once (GRPOConfig.seed = group seed); same prompts, different samples"),
-    ("cuda weight sync: lorapop publishes each group's LoRA to vLLM as a named adapter (multi-LoRA); TRL colocate "
-     "merges the adapter into the base and pushes the merged weights to its vLLM every step"),
-    ("cuda memory split: lorapop's vLLM takes rollout.gpu_memory_utilization (0.35) and the trainer the rest; "
-     "TRL's vllm_gpu_memory_utilization is set to the same 0.35"),
-    ("cpu: lorapop's trainer shares one prompt forward across its group_size samples (training.share_prompts=auto) "
-     "and its hf rollout prefills each prompt once; TRL forwards every row from its whole prompt"),
-    ("lorapop's steps/ part times include writing the step's Parquet parts and the checkpoint; TRL's on_step_end "
-     "includes its logging"),
+    (
+        "checkpoints: lorapop checkpoints adapters, optimizer and RNG states every step (its default, for exact "
+        "resume) and saves each adapter at the end; TRL runs with save_strategy='no'"
+    ),
+    (
+        "LoRA init: both are PEFT's default (A Kaiming-uniform, B zero), drawn from different RNG streams "
+        "(lorapop: the group seed; TRL: the global RNG when GRPOTrainer wraps the model)"
+    ),
+    (
+        "rollout sampling seeds: lorapop seeds each step's sampling from (group seed, step); TRL seeds the process "
+        "once (GRPOConfig.seed = group seed); same prompts, different samples"
+    ),
+    (
+        "cuda weight sync: lorapop publishes each group's LoRA to vLLM as a named adapter (multi-LoRA); TRL colocate "
+        "merges the adapter into the base and pushes the merged weights to its vLLM every step"
+    ),
+    (
+        "cuda memory split: lorapop's vLLM takes rollout.gpu_memory_utilization (0.35) and the trainer the rest; "
+        "TRL's vllm_gpu_memory_utilization is set to the same 0.35"
+    ),
+    (
+        "cpu: lorapop's trainer shares one prompt forward across its group_size samples (training.share_prompts=auto) "
+        "and its hf rollout prefills each prompt once; TRL forwards every row from its whole prompt"
+    ),
+    (
+        "lorapop's steps/ part times include writing the step's Parquet parts and the checkpoint; TRL's on_step_end "
+        "includes its logging"
+    ),
 ]
 
 
@@ -355,10 +480,21 @@ def versions() -> dict:
 
 def device_name(device: str) -> str:
     if device == "cuda":
-        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                              check=False, capture_output=True, text=True).stdout.strip().replace("\n", ", ")
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "cpu")
+        return (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False, capture_output=True, text=True
+            )
+            .stdout.strip()
+            .replace("\n", ", ")
+        )
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "cpu",
+    )
     return f"{model}, {os.cpu_count()} cores"
 
 
@@ -368,13 +504,19 @@ def print_table(result: dict) -> None:
 
     lp, trl = result.get("lorapop"), result.get("trl")
     s = result["settings"]
-    table = Table(title=f"{s['groups']} groups x {s['steps']} steps x {s['prompts']} prompts x {s['generations']} "
-                        f"samples, <= {s['max_completion']} tokens; {result['device']} ({result['device_name']})")
+    table = Table(
+        title=f"{s['groups']} groups x {s['steps']} steps x {s['prompts']} prompts x {s['generations']} "
+        f"samples, <= {s['max_completion']} tokens; {result['device']} ({result['device_name']})"
+    )
     table.add_column("")
     table.add_column("lorapop (1 run)", justify="right")
     made = trl.get("runs_made", s["groups"]) if trl else s["groups"]
-    table.add_column(f"TRL ({s['groups']} runs)" if made == s["groups"] else
-                     f"TRL ({s['groups']} runs: {s['groups']} x the mean of {made})", justify="right")
+    table.add_column(
+        f"TRL ({s['groups']} runs)"
+        if made == s["groups"]
+        else f"TRL ({s['groups']} runs: {s['groups']} x the mean of {made})",
+        justify="right",
+    )
     table.add_column("TRL / lorapop", justify="right")
 
     def row(label: str, key, fmt: str, ratio: bool = True):
@@ -390,8 +532,10 @@ def print_table(result: dict) -> None:
     for key in (lp or trl)["memory"]:
         row(f"peak memory, {key.replace('_mib', '')} (MiB)", lambda r, k=key: r["memory"][k], ".0f")
     row(f"final reward (last {LAST} steps)", lambda r: r["final_reward"], ".3f", ratio=False)
-    table.caption = (f"load average before / after: {result['loadavg_before'][0]:.1f} / "
-                     f"{result['loadavg_after'][0]:.1f} on {os.cpu_count()} cores")
+    table.caption = (
+        f"load average before / after: {result['loadavg_before'][0]:.1f} / "
+        f"{result['loadavg_after'][0]:.1f} on {os.cpu_count()} cores"
+    )
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
@@ -410,10 +554,18 @@ def main() -> None:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     vllm = device == "cuda" and importlib.util.find_spec("vllm") is not None
     model_path = resolve_base_model(args.model, TinyModelConfig().model_dump())  # built once, before either side
-    result = {"command": shlex.join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(),
-              "device": device, "device_name": device_name(device), "rollout": "vllm" if vllm else "transformers",
-              "versions": versions(), "settings": {k: v for k, v in vars(args).items() if k != "trl_worker"},
-              "model_path": model_path, "differences": DIFFERENCES, "loadavg_before": os.getloadavg()}
+    result = {
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.now(timezone.utc).isoformat(),
+        "device": device,
+        "device_name": device_name(device),
+        "rollout": "vllm" if vllm else "transformers",
+        "versions": versions(),
+        "settings": {k: v for k, v in vars(args).items() if k != "trl_worker"},
+        "model_path": model_path,
+        "differences": DIFFERENCES,
+        "loadavg_before": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory(prefix="lorapop-e2e-") as tmp:
         if args.only in (None, "lorapop"):
             print(f"lorapop: {args.groups} groups in one run ...", flush=True)
@@ -429,7 +581,10 @@ def main() -> None:
     result["loadavg_after"] = os.getloadavg()
     print_table(result)
     if "lorapop" in result:
-        print("lorapop per-step phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in result["lorapop"]["phases"].items()))
+        print(
+            "lorapop per-step phases (median s): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in result["lorapop"]["phases"].items())
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

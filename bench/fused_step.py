@@ -16,6 +16,7 @@ one fused step of N groups.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -33,7 +34,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--micro-batch-tokens", type=int, default=0, help="0: the whole batch in one pass")
     ap.add_argument("--no-share-prompts", action="store_true")
-    ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the fused trainer and the PEFT baseline")
+    ap.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="activation checkpointing in the fused trainer and the PEFT baseline",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", type=int, default=0, help="profile one fused step of this many groups")
     return ap.parse_args()
@@ -54,8 +59,16 @@ def make_job(name: str, vocab: int, args, seed: int):
     lengths = torch.randint(L // 2, L + 1, (B,), generator=g)
     mask[torch.arange(L)[None, :] >= lengths[:, None]] = 0
     attn = torch.cat([torch.ones(B, P, dtype=torch.long), mask.long()], 1)
-    batch = GroupBatch(name, ids, attn, P, mask, -torch.rand(B, L, generator=g) * 3, torch.randn(B, generator=g),
-                       LossSettings(loss_type="dapo", is_correction=True))
+    batch = GroupBatch(
+        name,
+        ids,
+        attn,
+        P,
+        mask,
+        -torch.rand(B, L, generator=g) * 3,
+        torch.randn(B, generator=g),
+        LossSettings(loss_type="dapo", is_correction=True),
+    )
     return TrainJob(batch, SlotHParams(lr=1e-4))
 
 
@@ -69,7 +82,7 @@ def peft_step(model, optimizer, job, device) -> None:
     ids, attn, mask = b.input_ids.to(device), b.attention_mask.to(device), b.mask.to(device)
     old, adv = b.old_logp.to(device), b.advantages.to(device)
     P = b.prompt_len
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, P - 1:-1].float()
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, P - 1 : -1].float()
     logp = torch.log_softmax(logits, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
     tok, _ = clipped_token_loss(logp, old, adv, 0.2, 0.2)
     loss = (tok * aggregation_weights("dapo", mask, 1)).sum()
@@ -115,7 +128,7 @@ def main() -> None:
     one = make_job("g0", vocab, args, 0)
     peft_s = []
     for _ in range(args.repeats + 1):
-        peft_s.append(timed(lambda: peft_step(peft, opt, one, args.device), args.device))
+        peft_s.append(timed(functools.partial(peft_step, peft, opt, one, args.device), args.device))
     peft_step_s = statistics.median(peft_s[1:])
     del peft, opt
     if args.device == "cuda":
@@ -124,17 +137,27 @@ def main() -> None:
     for n in sorted(set(args.groups) | ({args.profile} if args.profile else set())):
         names = [f"g{i}" for i in range(n)]
         specs = {g: SlotSpec(lora, i, SlotHParams(lr=1e-4)) for i, g in enumerate(names)}
-        svc = TrainerService(path, specs, args.device, args.dtype, share_prompts=not args.no_share_prompts,
-                             token_budget=args.micro_batch_tokens or None, checkpointing=args.checkpointing)
+        svc = TrainerService(
+            path,
+            specs,
+            args.device,
+            args.dtype,
+            share_prompts=not args.no_share_prompts,
+            token_budget=args.micro_batch_tokens or None,
+            checkpointing=args.checkpointing,
+        )
         jobs = [make_job(g, vocab, args, i) for i, g in enumerate(names)]
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        times = [timed(lambda: svc.train(jobs), args.device) for _ in range(args.repeats + 1)]
-        t_pub = [timed(lambda: svc.adapter_states(names), args.device) for _ in range(args.repeats)]
+        times = [timed(functools.partial(svc.train, jobs), args.device) for _ in range(args.repeats + 1)]
+        t_pub = [timed(functools.partial(svc.adapter_states, names), args.device) for _ in range(args.repeats)]
         fused = statistics.median(times[1:])
         mem = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else float("nan")
-        print(f"N={n:3d}  fused step {fused:7.3f} s  N x PEFT {n * peft_step_s:7.3f} s  ratio x{n * peft_step_s / fused:5.2f}"
-              f"  adapters out {statistics.median(t_pub):.3f} s  peak {mem:8.0f} MiB", flush=True)
+        print(
+            f"N={n:3d}  fused step {fused:7.3f} s  N x PEFT {n * peft_step_s:7.3f} s  ratio x{n * peft_step_s / fused:5.2f}"
+            f"  adapters out {statistics.median(t_pub):.3f} s  peak {mem:8.0f} MiB",
+            flush=True,
+        )
         if n == args.profile:
             from torch.profiler import ProfilerActivity, profile
 

@@ -70,6 +70,7 @@ def _json(kind: type):
         if not isinstance(value, kind):
             raise argparse.ArgumentTypeError(f"must be a JSON {kind.__name__}, got {text!r}")
         return value
+
     parse.__name__ = f"JSON {kind.__name__}"  # argparse names the type in its messages
     return parse
 
@@ -85,12 +86,24 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--rebalance-frequency", type=_positive, default=5, help="population: PBT every N steps")
     ap.add_argument("--model", default="builtin:tiny", help="builtin:tiny or a local HF directory")
-    ap.add_argument("--env", type=_json(dict), default=DEFAULT_ENV, help=f"the task, as a group's env: "
-                    f"(default {json.dumps(DEFAULT_ENV)})")
-    ap.add_argument("--rewards", type=_json(list), default=DEFAULT_REWARDS,
-                    help="reward specs as a group's rewards: (default format_exact + answer_exact)")
-    ap.add_argument("--threads", type=_positive, default=None,
-                    help="torch CPU threads of each model service (ray.torch_threads); default every core")
+    ap.add_argument(
+        "--env",
+        type=_json(dict),
+        default=DEFAULT_ENV,
+        help=f"the task, as a group's env: (default {json.dumps(DEFAULT_ENV)})",
+    )
+    ap.add_argument(
+        "--rewards",
+        type=_json(list),
+        default=DEFAULT_REWARDS,
+        help="reward specs as a group's rewards: (default format_exact + answer_exact)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        help="torch CPU threads of each model service (ray.torch_threads); default every core",
+    )
     ap.add_argument("--out", default=None, help="write every number as JSON here (default: print only)")
     ap.add_argument("--keep", action="store_true", help="keep the configs and run directories (path printed)")
     ap.add_argument("--dry-run", action="store_true", help="print the two generated configs (first seed) and exit")
@@ -109,22 +122,40 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
 
 def configs(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     """``{"population": cfg, "single": cfg}``: the same run but for the cohort shape and the strategy."""
+
     def run(prompts: int, strategy: str, group: dict) -> dict:
         return {
-            "seed": seed, "steps": args.steps, "base_model": args.model, "eval_prompts": args.eval_prompts,
-            "grpo": {"prompts_per_step": prompts, "group_size": args.group_size, "max_completion_length": 48,
-                     "temperature": 1.0, "lr": args.lr, "beta": 0.0},
+            "seed": seed,
+            "steps": args.steps,
+            "base_model": args.model,
+            "eval_prompts": args.eval_prompts,
+            "grpo": {
+                "prompts_per_step": prompts,
+                "group_size": args.group_size,
+                "max_completion_length": 48,
+                "temperature": 1.0,
+                "lr": args.lr,
+                "beta": 0.0,
+            },
             "lora": {"r": 8, "alpha": 16},
             # the same population: block in both (inert with strategy none), so only the strategy differs
-            "population": {"eval_interval": args.steps, "eval_temperature": 0.0, "strategy": strategy,
-                           "rebalance_frequency": args.rebalance_frequency, "performance_threshold": 0.1,
-                           "score_metric": "train_reward", "perturb": ["lr", "temperature"]},
+            "population": {
+                "eval_interval": args.steps,
+                "eval_temperature": 0.0,
+                "strategy": strategy,
+                "rebalance_frequency": args.rebalance_frequency,
+                "performance_threshold": 0.1,
+                "score_metric": "train_reward",
+                "perturb": ["lr", "temperature"],
+            },
             **({"ray": {"torch_threads": args.threads}} if args.threads else {}),
             "groups": [{**group, "env": args.env, "rewards": args.rewards}],
         }
 
-    return {"population": run(args.prompts, "exploit_explore", {"name": "pop", "num_groups": args.groups}),
-            "single": run(args.groups * args.prompts, "none", {"name": "single"})}
+    return {
+        "population": run(args.prompts, "exploit_explore", {"name": "pop", "num_groups": args.groups}),
+        "single": run(args.groups * args.prompts, "none", {"name": "single"}),
+    }
 
 
 def validate(ap: argparse.ArgumentParser, cfgs: dict[str, dict]) -> None:
@@ -166,11 +197,24 @@ def run_one(cfg: dict, where: Path) -> dict:
     accuracy = evals[evals["step"] == last].groupby("group")["correct"].mean()  # NaN (unscored) rows skipped
     events = pd.read_parquet(run_dir / "events")
     rebalances = events[events["kind"] == "rebalance"]
-    return {"wall_s": wall, "eval_step": last, "accuracy": {g: float(a) for g, a in accuracy.items()},
-            "rebalances": [{"step": int(r.step), "group": r.group, "action": r.detail, "donor": r.donor,
-                            "gap": float(r.gap), "old": json.loads(r.old or "{}"), "new": json.loads(r.new or "{}")}
-                           for r in rebalances.itertuples()],
-            "run_dir": str(run_dir)}
+    return {
+        "wall_s": wall,
+        "eval_step": last,
+        "accuracy": {g: float(a) for g, a in accuracy.items()},
+        "rebalances": [
+            {
+                "step": int(r.step),
+                "group": r.group,
+                "action": r.detail,
+                "donor": r.donor,
+                "gap": float(r.gap),
+                "old": json.loads(r.old or "{}"),
+                "new": json.loads(r.new or "{}"),
+            }
+            for r in rebalances.itertuples()
+        ],
+        "run_dir": str(run_dir),
+    }
 
 
 def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict:
@@ -194,8 +238,10 @@ def print_seed(r: dict) -> None:
     print(f"\nseed {r['seed']}  (held-out accuracy at step {pop['eval_step']})")
     for g, a in sorted(pop["accuracy"].items()):
         print(f"  {g:<12} {a:6.3f}")
-    print(f"  {'pop best':<12} {r['best']:6.3f}\n  {'pop mean':<12} {r['mean']:6.3f}\n"
-          f"  {'single':<12} {r['single_accuracy']:6.3f}")
+    print(
+        f"  {'pop best':<12} {r['best']:6.3f}\n  {'pop mean':<12} {r['mean']:6.3f}\n"
+        f"  {'single':<12} {r['single_accuracy']:6.3f}"
+    )
     moves = ", ".join(f"{e['group']}<-{e['donor']}@{e['step']}" for e in pop["rebalances"]) or "none"
     print(f"  rebalances: {moves}")
     print(f"  wall: population {pop['wall_s']:.0f} s, single {single['wall_s']:.0f} s")
@@ -207,20 +253,28 @@ def summarize(results: list[dict]) -> dict:
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
     single = [r["single_accuracy"] for r in results]
-    return {"best": stats("best"), "mean": stats("mean"), "single": stats("single_accuracy"),
-            "best_beats_single": sum(r["best"] > s for r, s in zip(results, single)),
-            "mean_beats_single": sum(r["mean"] > s for r, s in zip(results, single)),
-            "seeds": len(results)}
+    return {
+        "best": stats("best"),
+        "mean": stats("mean"),
+        "single": stats("single_accuracy"),
+        "best_beats_single": sum(r["best"] > s for r, s in zip(results, single)),
+        "mean_beats_single": sum(r["mean"] > s for r, s in zip(results, single)),
+        "seeds": len(results),
+    }
 
 
 def print_summary(s: dict, args: argparse.Namespace) -> None:
     k, p, g = args.groups, args.prompts, args.group_size
-    print(f"\nover {s['seeds']} seed(s): {k} replicas x {p} prompts vs 1 adapter x {k * p} prompts, "
-          f"{g} samples each, {args.steps} steps, {args.eval_prompts} held-out prompts (mean +- std)")
+    print(
+        f"\nover {s['seeds']} seed(s): {k} replicas x {p} prompts vs 1 adapter x {k * p} prompts, "
+        f"{g} samples each, {args.steps} steps, {args.eval_prompts} held-out prompts (mean +- std)"
+    )
     for label, key in (("pop best", "best"), ("pop mean", "mean"), ("single", "single")):
         print(f"  {label:<12} {s[key]['mean']:6.3f} +- {s[key]['std']:.3f}")
-    print(f"  best > single in {s['best_beats_single']}/{s['seeds']} seeds; "
-          f"mean > single in {s['mean_beats_single']}/{s['seeds']}")
+    print(
+        f"  best > single in {s['best_beats_single']}/{s['seeds']} seeds; "
+        f"mean > single in {s['mean_beats_single']}/{s['seeds']}"
+    )
 
 
 def main() -> None:
@@ -241,9 +295,12 @@ def main() -> None:
 
     # builtin:tiny is built on first use when its recipe is not the shipped one: once, here, not inside a timed run
     resolve_base_model(args.model, TinyModelConfig().model_dump())
-    result = {"command": shlex.join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(),
-              "versions": e2e.versions(),
-              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "dry_run")}}
+    result = {
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.now(timezone.utc).isoformat(),
+        "versions": e2e.versions(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "dry_run")},
+    }
     tmp = Path(tempfile.mkdtemp(prefix="lorapop-population-"))
     try:
         result["seeds"] = []

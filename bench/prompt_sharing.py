@@ -47,10 +47,18 @@ def main() -> None:
     width = max(len(p) for p in result.prompt_ids)
     length = max(len(c) for c in result.completion_ids)
     pad = tok.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p + c + [pad] * (length - len(c))
-                              for p, c in zip(result.prompt_ids, result.completion_ids)])  # [B, P+L]
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c))
-                                   for p, c in zip(result.prompt_ids, result.completion_ids)])
+    input_ids = torch.tensor(
+        [
+            [pad] * (width - len(p)) + p + c + [pad] * (length - len(c))
+            for p, c in zip(result.prompt_ids, result.completion_ids)
+        ]
+    )  # [B, P+L]
+    attention_mask = torch.tensor(
+        [
+            [0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c))
+            for p, c in zip(result.prompt_ids, result.completion_ids)
+        ]
+    )
     trainer = get_peft_model(load_base(path), peft_lora_config(**LORA))
     trainer.train()
 
@@ -74,13 +82,19 @@ def main() -> None:
             rollout["full"].append(seconds(lambda: svc.generate(requests)))
         train["full"].append(seconds(lambda: train_step(False)))
     med = {k: {s: statistics.median(v[s]) for s in v} for k, v in (("rollout", rollout), ("train", train))}
-    print(f"{args.groups} groups x {args.prompts} prompts x {args.group_size} samples, <= {args.tokens} new tokens; "
-          f"prompts {min(len(p) for r in requests for p in r.prompt_ids)}-{width} tokens; "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"  rollout, all groups' generate : shared prefill {med['rollout']['shared']:.2f}s  "
-          f"every row {med['rollout']['full']:.2f}s  ratio {med['rollout']['full'] / med['rollout']['shared']:.2f}x")
-    print(f"  trainer, one group's fwd+bwd  : shared prompt  {med['train']['shared']:.2f}s  "
-          f"every row {med['train']['full']:.2f}s  ratio {med['train']['full'] / med['train']['shared']:.2f}x")
+    print(
+        f"{args.groups} groups x {args.prompts} prompts x {args.group_size} samples, <= {args.tokens} new tokens; "
+        f"prompts {min(len(p) for r in requests for p in r.prompt_ids)}-{width} tokens; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"  rollout, all groups' generate : shared prefill {med['rollout']['shared']:.2f}s  "
+        f"every row {med['rollout']['full']:.2f}s  ratio {med['rollout']['full'] / med['rollout']['shared']:.2f}x"
+    )
+    print(
+        f"  trainer, one group's fwd+bwd  : shared prompt  {med['train']['shared']:.2f}s  "
+        f"every row {med['train']['full']:.2f}s  ratio {med['train']['full'] / med['train']['shared']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

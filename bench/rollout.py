@@ -19,6 +19,7 @@ vLLM preload). Prints a markdown table; ``--json`` saves every number.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -31,14 +32,21 @@ def random_lora_state(config, r: int, seed: int, scale: float = 0.01) -> dict:
 
     h, i = config.hidden_size, config.intermediate_size
     kv = h // config.num_attention_heads * config.num_key_value_heads
-    shapes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (h, kv), "self_attn.v_proj": (h, kv),
-              "self_attn.o_proj": (h, h), "mlp.gate_proj": (h, i), "mlp.up_proj": (h, i), "mlp.down_proj": (i, h)}
+    shapes = {
+        "self_attn.q_proj": (h, h),
+        "self_attn.k_proj": (h, kv),
+        "self_attn.v_proj": (h, kv),
+        "self_attn.o_proj": (h, h),
+        "mlp.gate_proj": (h, i),
+        "mlp.up_proj": (h, i),
+        "mlp.down_proj": (i, h),
+    }
     g = torch.Generator().manual_seed(seed)
     out = {}
     for layer in range(config.num_hidden_layers):
         for name, (fan_in, fan_out) in shapes.items():
             key = f"base_model.model.model.layers.{layer}.{name}"
-            out[f"{key}.lora_A.weight"] = torch.randn(r, fan_in, generator=g) / fan_in ** 0.5
+            out[f"{key}.lora_A.weight"] = torch.randn(r, fan_in, generator=g) / fan_in**0.5
             out[f"{key}.lora_B.weight"] = torch.randn(fan_out, r, generator=g) * scale
     return out
 
@@ -84,21 +92,34 @@ def main() -> None:
     from engine.rollout.vllm import VLLMRollout, build_llm, run_requests
 
     t_start = time.time()
-    path = args.model or str(build_random_llama(f"/tmp/lorapop-random-{args.size}", args.size, seed=0, vocab_size=32768))
+    path = args.model or str(
+        build_random_llama(f"/tmp/lorapop-random-{args.size}", args.size, seed=0, vocab_size=32768)
+    )
     config = AutoConfig.from_pretrained(path)
     n_params = json.load(open(f"{path}/lorapop_random_model.json"))["parameters"] if not args.model else None
     print(f"model {path}: {n_params} parameters ({time.time() - t_start:.0f}s)", flush=True)
     torch.cuda.init()
     names = [f"g{i}" for i in range(args.groups)]
     rng = random.Random(0)
-    prompts = {g: [[rng.randrange(256) for _ in range(rng.randrange(64, 193))] for _ in range(args.prompts)] for g in names}
+    prompts = {
+        g: [[rng.randrange(256) for _ in range(rng.randrange(64, 193))] for _ in range(args.prompts)] for g in names
+    }
     lora = {"r": args.rank, "alpha": 2 * args.rank, "dropout": 0.0, "target_modules": "all-linear"}
     common = {"max_model_len": 1024, "max_num_seqs": args.max_num_seqs}
 
     def requests(adapters: int, per_group: int, tokens: int) -> list[RolloutRequest]:
         """Every group's prompts; group i's prompts go to adapter i % adapters (so the work is the same)."""
-        return [RolloutRequest(names[k % adapters], prompts[g][:per_group], n=args.group_size, max_new_tokens=tokens,
-                               temperature=1.0, seed=k) for k, g in enumerate(names)]
+        return [
+            RolloutRequest(
+                names[k % adapters],
+                prompts[g][:per_group],
+                n=args.group_size,
+                max_new_tokens=tokens,
+                temperature=1.0,
+                seed=k,
+            )
+            for k, g in enumerate(names)
+        ]
 
     # 1. engines: base-only and multi-LoRA, side by side on one GPU
     used0 = gpu_used_gib()
@@ -112,7 +133,10 @@ def main() -> None:
     for key, llm in (("base", base), ("lora", svc.llm)):
         cc = llm.llm_engine.vllm_config.cache_config
         kv[key] = (cc.num_gpu_blocks or 0) * cc.block_size
-    print(f"engines up: base {base_start:.0f}s, lora {lora_start:.0f}s; GPU used {used0:.1f} -> {used1:.1f} -> {used2:.1f} GiB", flush=True)
+    print(
+        f"engines up: base {base_start:.0f}s, lora {lora_start:.0f}s; GPU used {used0:.1f} -> {used1:.1f} -> {used2:.1f} GiB",
+        flush=True,
+    )
 
     # 2. publish: every group, several rounds (what each optimizer step costs)
     publish = []
@@ -122,12 +146,14 @@ def main() -> None:
             svc.publish(g, rnd, state)
             publish.append(svc.last_publish)
     lora_bytes = sum(v.numel() * 2 for v in random_lora_state(config, args.rank, 0).values())
-    pub = {k: statistics.median(p[k] for p in publish[len(names):] or publish) * 1e3 for k in publish[0]}
+    pub = {k: statistics.median(p[k] for p in publish[len(names) :] or publish) * 1e3 for k in publish[0]}
     print(f"publish (median of {len(publish)}, first round excluded): {pub}", flush=True)
 
     # 3. throughput, interleaved
     variants = {
-        "vLLM base-only (no LoRA)": lambda: run_requests(base, requests(1, args.prompts, args.tokens), lambda g: None, ignore_eos=True),
+        "vLLM base-only (no LoRA)": lambda: run_requests(
+            base, requests(1, args.prompts, args.tokens), lambda g: None, ignore_eos=True
+        ),
         "vLLM 1 adapter": lambda: svc.generate(requests(1, args.prompts, args.tokens)),
         "vLLM mixed, 4 adapters": lambda: svc.generate(requests(4, args.prompts, args.tokens)),
         "vLLM mixed, 8 adapters": lambda: svc.generate(requests(min(8, args.groups), args.prompts, args.tokens)),
@@ -138,7 +164,7 @@ def main() -> None:
         fn()
     order = list(variants)
     for rep in range(args.repeats):
-        for v in order[rep % len(order):] + order[:rep % len(order)]:
+        for v in order[rep % len(order) :] + order[: rep % len(order)]:
             tps, tokens[v] = tokens_per_s(variants[v])
             runs[v].append(tps)
             print(f"  rep {rep} {v}: {tps:.0f} tok/s", flush=True)
@@ -156,25 +182,46 @@ def main() -> None:
         m = statistics.median(xs)
         rows.append((v, f"{m:,.0f}", f"{m / ref:.3f}", f"{min(xs):,.0f}-{max(xs):,.0f}", tokens[v]))
     device = torch.cuda.get_device_name()
-    print(f"\n{device}; {args.size} random Llama ({n_params} params); {args.groups} groups x {args.prompts} prompts x "
-          f"{args.group_size} samples = {args.groups * args.prompts * args.group_size} completions of {args.tokens} tokens; "
-          f"rank {args.rank}; max_num_seqs {args.max_num_seqs}; {args.repeats} interleaved repeats (median)\n")
+    print(
+        f"\n{device}; {args.size} random Llama ({n_params} params); {args.groups} groups x {args.prompts} prompts x "
+        f"{args.group_size} samples = {args.groups * args.prompts * args.group_size} completions of {args.tokens} tokens; "
+        f"rank {args.rank}; max_num_seqs {args.max_num_seqs}; {args.repeats} interleaved repeats (median)\n"
+    )
     print("| variant | output tokens/s | ratio to base-only | runs (min-max) | tokens per run |")
     print("| --- | ---: | ---: | --- | ---: |")
     for r in rows:
         print("| " + " | ".join(map(str, r)) + " |")
     for v, (tps, n) in hf_rows.items():
         print(f"| {v} | {tps:,.0f} | - | - | {n} |")
-    print(f"\nGPU memory: base engine {used1 - used0:.1f} GiB (KV capacity {kv['base']:,} tokens); LoRA engine "
-          f"{used2 - used1:.1f} GiB (KV capacity {kv['lora']:,} tokens; {args.groups} LoRA slots of rank "
-          f"{args.rank}: {args.groups * lora_bytes / 2**20:.0f} MiB bf16)")
-    print(f"publish per group (rank {args.rank}, {lora_bytes / 2**20:.1f} MiB bf16): total {pub['total_s']:.1f} ms "
-          f"(write {pub['write_s']:.1f} ms, vLLM load {pub['load_s']:.1f} ms), median of {len(publish) - len(names)}")
+    print(
+        f"\nGPU memory: base engine {used1 - used0:.1f} GiB (KV capacity {kv['base']:,} tokens); LoRA engine "
+        f"{used2 - used1:.1f} GiB (KV capacity {kv['lora']:,} tokens; {args.groups} LoRA slots of rank "
+        f"{args.rank}: {args.groups * lora_bytes / 2**20:.0f} MiB bf16)"
+    )
+    print(
+        f"publish per group (rank {args.rank}, {lora_bytes / 2**20:.1f} MiB bf16): total {pub['total_s']:.1f} ms "
+        f"(write {pub['write_s']:.1f} ms, vLLM load {pub['load_s']:.1f} ms), median of {len(publish) - len(names)}"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "device": device, "params": n_params, "runs": runs, "tokens": tokens,
-                       "hf": hf_rows, "publish_ms": pub, "publish_all": publish, "gpu_used_gib": [used0, used1, used2],
-                       "kv_tokens": kv, "engine_start_s": [base_start, lora_start], "date": time.strftime("%Y-%m-%d")}, f, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "device": device,
+                    "params": n_params,
+                    "runs": runs,
+                    "tokens": tokens,
+                    "hf": hf_rows,
+                    "publish_ms": pub,
+                    "publish_all": publish,
+                    "gpu_used_gib": [used0, used1, used2],
+                    "kv_tokens": kv,
+                    "engine_start_s": [base_start, lora_start],
+                    "date": time.strftime("%Y-%m-%d"),
+                },
+                f,
+                indent=1,
+            )
     svc.close()
 
 
@@ -197,14 +244,16 @@ def bench_hf(path, names, lora, config, args, requests, svc) -> dict[str, tuple[
     reqs = requests(min(8, args.groups), args.hf_prompts, args.hf_tokens)
     # hf stops a row at eos; the random 32k-vocab model almost never emits it, so the work matches
     hf.generate(reqs)
-    hf_tps, hf_n = tokens_per_s(lambda: hf.generate(reqs))
+    hf_tps, hf_n = tokens_per_s(functools.partial(hf.generate, reqs))
     svc.generate(reqs)
     v_tps, v_n = tokens_per_s(lambda: svc.generate(reqs))
     n = len(reqs) * args.hf_prompts * args.group_size
     del hf
     torch.cuda.empty_cache()
-    return {f"hf backend, mixed 8 adapters, GPU bf16 ({n} completions x {args.hf_tokens} tokens)": (hf_tps, hf_n),
-            f"vLLM mixed 8 adapters, same slice ({n} x {args.hf_tokens})": (v_tps, v_n)}
+    return {
+        f"hf backend, mixed 8 adapters, GPU bf16 ({n} completions x {args.hf_tokens} tokens)": (hf_tps, hf_n),
+        f"vLLM mixed 8 adapters, same slice ({n} x {args.hf_tokens})": (v_tps, v_n),
+    }
 
 
 if __name__ == "__main__":

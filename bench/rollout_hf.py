@@ -37,8 +37,10 @@ def main() -> None:
         mixed.append(timed(lambda: svc.generate(requests)))
         separate.append(timed(lambda: [svc.generate([r])[0] for r in requests]))
     m, s = statistics.median(mixed), statistics.median(separate)
-    print(f"hf rollout, {args.groups} groups x {args.prompts} prompts x {args.group_size} samples, <= {args.tokens} new tokens, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"hf rollout, {args.groups} groups x {args.prompts} prompts x {args.group_size} samples, <= {args.tokens} new tokens, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"  one mixed-adapter batch : {m:8.1f} output tokens/s  (runs: {', '.join(f'{x:.0f}' for x in mixed)})")
     print(f"  one generate per group  : {s:8.1f} output tokens/s  (runs: {', '.join(f'{x:.0f}' for x in separate)})")
     print(f"  ratio mixed / per-group : {m / s:.2f}x")

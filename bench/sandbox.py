@@ -39,16 +39,20 @@ def main() -> None:
     times: dict[str, list[float]] = {"kernel": [], "python guards only": []}
     for i in range(args.calls):
         _, code = SOLUTIONS[i % len(SOLUTIONS)]
-        for side in (("kernel", "python guards only") if i % 2 == 0 else ("python guards only", "kernel")):
+        for side in ("kernel", "python guards only") if i % 2 == 0 else ("python guards only", "kernel"):
             t0 = time.perf_counter()
             run_sandboxed(code, CALLS, weaker_ok=True) if side == "kernel" else _weaker(code)
             times[side].append(time.perf_counter() - t0)
     for side, values in times.items():
-        print(f"{side:20s} median {statistics.median(values) * 1000:6.1f} ms  p90 "
-              f"{sorted(values)[int(0.9 * len(values))] * 1000:6.1f} ms  ({len(values)} calls)")
+        print(
+            f"{side:20s} median {statistics.median(values) * 1000:6.1f} ms  p90 "
+            f"{sorted(values)[int(0.9 * len(values))] * 1000:6.1f} ms  ({len(values)} calls)"
+        )
     k, p = statistics.median(times["kernel"]), statistics.median(times["python guards only"])
-    print(f"kernel sandbox / python guards only: x{k / p:.2f} (+{(k - p) * 1000:.1f} ms a call); "
-          f"features: namespaces {have['namespaces']}, landlock ABI {have['landlock']}, seccomp {have['seccomp']}")
+    print(
+        f"kernel sandbox / python guards only: x{k / p:.2f} (+{(k - p) * 1000:.1f} ms a call); "
+        f"features: namespaces {have['namespaces']}, landlock ABI {have['landlock']}, seccomp {have['seccomp']}"
+    )
 
 
 def _weaker(code: str) -> None:

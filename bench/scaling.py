@@ -64,19 +64,40 @@ def main() -> None:
             phases = {k: split.get(k, 0.0) for k in ("rollout", "train", "publish")}
             other = r["steady_step_s"] - sum(phases.values())
             mem = r["memory"].get("gpu_mib", r["memory"].get("rss_mib"))
-            rows.append({"groups": n, "step_s": r["steady_step_s"], **phases, "other": other, "phases": split, "peak_mib": mem,
-                         "wall_s": r["wall_s"], "first_step_s": r["first_step_s"], "final_reward": r["final_reward"]})
-            print(f"N={n:3d}  step {r['steady_step_s']:7.2f} s  rollout {phases['rollout']:6.2f}  train "
-                  f"{phases['train']:6.2f}  publish {phases['publish']:6.2f}  other {other:6.2f}  "
-                  f"peak {mem:9.0f} MiB  first step {r['first_step_s']:6.1f} s", flush=True)
+            rows.append(
+                {
+                    "groups": n,
+                    "step_s": r["steady_step_s"],
+                    **phases,
+                    "other": other,
+                    "phases": split,
+                    "peak_mib": mem,
+                    "wall_s": r["wall_s"],
+                    "first_step_s": r["first_step_s"],
+                    "final_reward": r["final_reward"],
+                }
+            )
+            print(
+                f"N={n:3d}  step {r['steady_step_s']:7.2f} s  rollout {phases['rollout']:6.2f}  train "
+                f"{phases['train']:6.2f}  publish {phases['publish']:6.2f}  other {other:6.2f}  "
+                f"peak {mem:9.0f} MiB  first step {r['first_step_s']:6.1f} s",
+                flush=True,
+            )
     base = rows[0]
     print(f"\nagainst N={base['groups']}:")
     for row in rows:
-        print(f"N={row['groups']:3d}  step x{row['step_s'] / base['step_s']:.2f}  "
-              f"per group x{row['step_s'] / base['step_s'] * base['groups'] / row['groups']:.3f}  "
-              f"peak memory x{row['peak_mib'] / base['peak_mib']:.3f}")
-    out = {"device": e2e.device_name(device), "versions": e2e.versions(), "command": " ".join(sys.argv),
-           "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows}
+        print(
+            f"N={row['groups']:3d}  step x{row['step_s'] / base['step_s']:.2f}  "
+            f"per group x{row['step_s'] / base['step_s'] * base['groups'] / row['groups']:.3f}  "
+            f"peak memory x{row['peak_mib'] / base['peak_mib']:.3f}"
+        )
+    out = {
+        "device": e2e.device_name(device),
+        "versions": e2e.versions(),
+        "command": " ".join(sys.argv),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
 

@@ -6,9 +6,10 @@ plain values, so it pickles across Ray and reads like keyword arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.config import DatasetEnvConfig, RunConfig
 
@@ -45,11 +46,21 @@ def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
             name = spec.name if spec.num_groups == 1 else f"{spec.name}-{k}"
             if "role" in env:
                 env = {**env, "game": game if spec.num_groups == 1 else f"{game}#{k}"}
-            plans.append(GroupPlan(
-                name=name, cohort=spec.cohort or spec.name, seed=base_seed + k, env=env, rewards=rewards,
-                tags=spec.format.model_dump(), grpo=spec.grpo.model_dump(), lora=spec.lora.model_dump(),
-                extra_sys_path=[str(Path.cwd()), str(config_dir)], steps=cfg.steps, eval_seed=base_seed,
-            ))
+            plans.append(
+                GroupPlan(
+                    name=name,
+                    cohort=spec.cohort or spec.name,
+                    seed=base_seed + k,
+                    env=env,
+                    rewards=rewards,
+                    tags=spec.format.model_dump(),
+                    grpo=spec.grpo.model_dump(),
+                    lora=spec.lora.model_dump(),
+                    extra_sys_path=[str(Path.cwd()), str(config_dir)],
+                    steps=cfg.steps,
+                    eval_seed=base_seed,
+                )
+            )
     names = [p.name for p in plans]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -132,8 +143,9 @@ def build_games(plans: list[GroupPlan]) -> tuple[dict[str, Any], dict[str, int]]
     return games, prompts
 
 
-def build_rewards(rewards: list[dict[str, Any]], tags: dict[str, str], search: list[str] | None = None
-                  ) -> list[tuple[str, Callable, float]]:
+def build_rewards(
+    rewards: list[dict[str, Any]], tags: dict[str, str], search: list[str] | None = None
+) -> list[tuple[str, Callable, float]]:
     """``(unique_name, fn, weight)`` per configured reward; repeated names get ``_2``, ``_3``. ``search``:
     the user's folders for ``module:function`` rewards (a plan's ``extra_sys_path``), searched first."""
     from rewards.registry import load_reward
@@ -165,7 +177,11 @@ def accuracy_fn(tags: dict[str, str]) -> Callable:
                 continue
             got = extract_answer(completion_text(completion), start, end)
             a, b = parse_number(got), parse_number(str(truth))
-            same = math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) if a is not None and b is not None else got == str(truth).strip()
+            same = (
+                math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+                if a is not None and b is not None
+                else got == str(truth).strip()
+            )
             out.append(float(same))
         return out
 

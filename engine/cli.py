@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -37,15 +36,23 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 @app.command()
 def run(
-    config: Optional[str] = typer.Argument(None, help="YAML config (default: the shipped configs/default.yaml)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. steps=5 grpo.lr=1e-3 groups.0.env.difficulty=2."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default: <output_dir>/<config>-<timestamp>); must not exist."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address ('auto', 'ray://head:10001'); default: embedded local Ray."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory after its last checkpoint."),
+    config: str | None = typer.Argument(None, help="YAML config (default: the shipped configs/default.yaml)."),
+    overrides: list[str] | None = typer.Argument(
+        None, help="key=value overrides, e.g. steps=5 grpo.lr=1e-3 groups.0.env.difficulty=2."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory (default: <output_dir>/<config>-<timestamp>); must not exist."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster address ('auto', 'ray://head:10001'); default: embedded local Ray."
+    ),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this run directory after its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress view."),
 ) -> None:
     """Train the population described by CONFIG and write Parquet results to the run directory."""
-    from engine.coordinator import RunStopped, default_run_dir, resume as resume_population, run as run_population
+    from engine.coordinator import RunStopped, default_run_dir
+    from engine.coordinator import resume as resume_population
+    from engine.coordinator import run as run_population
     from engine.loading import ConfigError, load_config
     from engine.progress import LiveProgress
 
@@ -61,8 +68,9 @@ def run(
         progress = None if quiet else LiveProgress(out, cfg)
         try:
             with progress or _Null():
-                summary = resume_population(resume, on_step=progress.update if progress else None,
-                                            log=lambda m: err.print(m, highlight=False))
+                summary = resume_population(
+                    resume, on_step=progress.update if progress else None, log=lambda m: err.print(m, highlight=False)
+                )
         except (ConfigError, NotImplementedError) as e:
             _fail(str(e))
         except (KeyboardInterrupt, RunStopped) as e:
@@ -85,8 +93,13 @@ def run(
     progress = None if quiet else LiveProgress(out, cfg)
     try:
         with progress or _Null():
-            summary = run_population(cfg, config_dir, target, on_step=progress.update if progress else None,
-                                     log=lambda m: err.print(m, highlight=False))
+            summary = run_population(
+                cfg,
+                config_dir,
+                target,
+                on_step=progress.update if progress else None,
+                log=lambda m: err.print(m, highlight=False),
+            )
     except (ConfigError, NotImplementedError) as e:
         _fail(str(e))
     except (KeyboardInterrupt, RunStopped) as e:
@@ -111,8 +124,12 @@ def _stopped(run_dir: Path, e: BaseException) -> None:
     except (OSError, ValueError, KeyError):
         found = None
     where = f"step {found[0]}'s checkpoint" if found else "the start (no checkpoint yet)"
-    err.print(f"stopped ({name}) after step {max(steps, default=0)}; resuming continues from {where}:\n"
-              f"  lorapop run --resume {run_dir}", highlight=False, soft_wrap=True)  # one line to copy
+    err.print(
+        f"stopped ({name}) after step {max(steps, default=0)}; resuming continues from {where}:\n"
+        f"  lorapop run --resume {run_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )  # one line to copy
     raise typer.Exit(code)
 
 
@@ -124,8 +141,10 @@ def _finish(summary) -> None:
     if summary.failed_groups:
         why = "; ".join(f"{g}: {summary.failures.get(g) or 'see events/'}" for g in summary.failed_groups)
         everyone = len(summary.failed_groups) == len(summary.leaderboard)
-        _fail(f"{'every group failed' if everyone else 'groups failed'}: {', '.join(summary.failed_groups)} ({why})",
-              EXIT_FAILED)
+        _fail(
+            f"{'every group failed' if everyone else 'groups failed'}: {', '.join(summary.failed_groups)} ({why})",
+            EXIT_FAILED,
+        )
 
 
 @app.command()
@@ -155,7 +174,7 @@ def leaderboard(
 @app.command()
 def plot(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG path (default RUN_DIR/plot.png)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="PNG path (default RUN_DIR/plot.png)."),
 ) -> None:
     """Write a PNG of each group's reward and accuracy over steps (rebalancing and failures marked) and,
     when the run has held-out evaluations, its eval accuracy."""
@@ -172,8 +191,12 @@ def plot(
 
 @app.command("build-tiny")
 def build_tiny(
-    settings: Optional[List[str]] = typer.Argument(None, help="tiny_model settings to change, e.g. seed=1 copy_steps=400 (engine/config.py TinyModelConfig)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the shipped engine/assets/builtin-tiny, replaced whole)."),
+    settings: list[str] | None = typer.Argument(
+        None, help="tiny_model settings to change, e.g. seed=1 copy_steps=400 (engine/config.py TinyModelConfig)."
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Output directory (default: the shipped engine/assets/builtin-tiny, replaced whole)."
+    ),
 ) -> None:
     """Build builtin:tiny from its recipe (engine/tiny_model.py) and write it with a manifest of how it was built.
 
@@ -200,8 +223,10 @@ def build_tiny(
     if target.exists() and not target.is_dir():
         _fail(f"--out {target}: exists and is not a directory")
     manifest = write_build(target, config.model_dump(), log=lambda m: err.print(m, highlight=False))
-    out.print(f"wrote {target} (settings key {manifest['settings_key']}, cpu {manifest['cpu_capability']}, "
-              f"{manifest['build_seconds']:.0f}s, sha256 {manifest['model_sha256'][:12]})")
+    out.print(
+        f"wrote {target} (settings key {manifest['settings_key']}, cpu {manifest['cpu_capability']}, "
+        f"{manifest['build_seconds']:.0f}s, sha256 {manifest['model_sha256'][:12]})"
+    )
 
 
 class _Null:

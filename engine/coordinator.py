@@ -22,10 +22,11 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -85,8 +86,11 @@ def sandbox_events(plans: list[GroupPlan], log) -> list[dict]:
 
     have = features()
     if have["missing"]:
-        detail = "weaker sandbox (Python guards" + (", namespaces" if have["namespaces"] else "") + \
-                 f"): missing {'; '.join(have['missing'])}"
+        detail = (
+            "weaker sandbox (Python guards"
+            + (", namespaces" if have["namespaces"] else "")
+            + f"): missing {'; '.join(have['missing'])}"
+        )
         log(f"warning: code_exec runs model-written code in a {detail}")
     else:
         detail = f"kernel sandbox: namespaces, Landlock ABI {have['landlock']}, seccomp"
@@ -109,10 +113,14 @@ def _check_first_rewards(outs: list[dict]) -> None:
                 failed.setdefault(fn, []).append((group, err))
     broken = [fn for fn, where in failed.items() if len(where) == len(users.get(fn, []))]
     if broken:
-        lines = [f"reward function {fn!r} failed on every call of step 1 (group {failed[fn][0][0]}: {failed[fn][0][1]})"
-                 for fn in broken]
-        raise ConfigError("; ".join(lines) + "; fix it (TRL's signature: fn(prompts, completions, **kwargs) -> "
-                          "list of floats) and run again")
+        lines = [
+            f"reward function {fn!r} failed on every call of step 1 (group {failed[fn][0][0]}: {failed[fn][0][1]})"
+            for fn in broken
+        ]
+        raise ConfigError(
+            "; ".join(lines) + "; fix it (TRL's signature: fn(prompts, completions, **kwargs) -> "
+            "list of floats) and run again"
+        )
 
 
 def default_run_dir(cfg: RunConfig, config_name: str) -> Path:
@@ -141,19 +149,36 @@ def resolve_training(training: dict) -> dict:
     device = training["device"] if training["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = training["dtype"] if training["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
     share = device == "cpu" if training["share_prompts"] == "auto" else bool(training["share_prompts"])
-    ckpt = device == "cuda" if training["gradient_checkpointing"] == "auto" else bool(training["gradient_checkpointing"])
+    ckpt = (
+        device == "cuda" if training["gradient_checkpointing"] == "auto" else bool(training["gradient_checkpointing"])
+    )
     share = share and not ckpt
     tokens = training["micro_batch_tokens"]
     tokens = (32768 if device == "cuda" else 0) if tokens == "auto" else tokens
-    return {**training, "device": device, "dtype": dtype, "share_prompts": share, "micro_batch_tokens": tokens,
-            "gradient_checkpointing": ckpt}
+    return {
+        **training,
+        "device": device,
+        "dtype": dtype,
+        "share_prompts": share,
+        "micro_batch_tokens": tokens,
+        "gradient_checkpointing": ckpt,
+    }
 
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 # the driver's settings of how torch computes reach every actor (on a cluster too), so a user or a
 # test can pin the CPU kernels and threads the model runs with
-PASSED_ENV = ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
-              "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "LORAPOP_CACHE", FAULTS_ENV)
+PASSED_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "LORAPOP_CACHE",
+    FAULTS_ENV,
+)
 
 
 class RunStopped(Exception):
@@ -229,18 +254,27 @@ def check_prompt_lengths(plans: list[GroupPlan], model_path: str) -> None:
             shortest[path] = min(len(prompt_ids(tokenizer, row["prompt"])) for row in env.batch(0, len(env)))
         limit = plan.grpo["max_prompt_length"]
         if shortest[path] > limit:
-            raise ConfigError(f"group {plan.name} (env): every prompt of {path} is longer than grpo.max_prompt_length "
-                              f"= {limit} tokens (the shortest has {shortest[path]}); raise max_prompt_length or "
-                              f"shorten the prompts")
+            raise ConfigError(
+                f"group {plan.name} (env): every prompt of {path} is longer than grpo.max_prompt_length "
+                f"= {limit} tokens (the shortest has {shortest[path]}); raise max_prompt_length or "
+                f"shorten the prompts"
+            )
 
 
-def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict], None] | None = None,
-        log: Callable[[str], None] = print) -> RunSummary:
+def run(
+    cfg: RunConfig,
+    config_dir: Path,
+    run_dir: Path,
+    on_step: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
     """Train the population described by ``cfg``; results go to ``run_dir`` (must not exist)."""
     t_start = time.time()
     plans, model_path = _prepare(cfg, config_dir, log)
     if run_dir.exists():
-        raise ConfigError(f"{run_dir}: run directory already exists; choose another --run-dir or run_name, or --resume it")
+        raise ConfigError(
+            f"{run_dir}: run directory already exists; choose another --run-dir or run_name, or --resume it"
+        )
     blocking = next((p for p in run_dir.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"{run_dir}: cannot be a run directory: {blocking} is a file")
@@ -250,8 +284,12 @@ def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict
         raise ConfigError(f"{run_dir}: cannot create the run directory: {e.strerror or e}") from None
     write_atomic_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
     # the base each adapter goes on: as configured (builtin:tiny, a hub name) and where this machine has it
-    write_atomic_bytes(run_dir / "run.json", json.dumps({"config_dir": str(config_dir), "base_model": cfg.base_model,
-                                                         "base_model_path": model_path}).encode())
+    write_atomic_bytes(
+        run_dir / "run.json",
+        json.dumps(
+            {"config_dir": str(config_dir), "base_model": cfg.base_model, "base_model_path": model_path}
+        ).encode(),
+    )
     try:
         return _train(cfg, plans, model_path, run_dir, 0, {}, on_step, log, t_start)
     except ConfigError:  # found once the run had started (a reward failing in step 1): nothing is kept
@@ -259,7 +297,9 @@ def run(cfg: RunConfig, config_dir: Path, run_dir: Path, on_step: Callable[[dict
         raise
 
 
-def resume(run_dir: Path, on_step: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> RunSummary:
+def resume(
+    run_dir: Path, on_step: Callable[[dict], None] | None = None, log: Callable[[str], None] = print
+) -> RunSummary:
     """Continue ``run_dir`` after its last checkpoint; later part files are discarded and redone."""
     t_start = time.time()
     if not (run_dir / "config.yaml").is_file():
@@ -276,16 +316,29 @@ def resume(run_dir: Path, on_step: Callable[[dict], None] | None = None, log: Ca
     step, state = (found[0], found[2]) if found else (0, {})
     if step >= cfg.steps and (run_dir / "leaderboard.parquet").is_file():
         log(f"{run_dir}: already complete ({cfg.steps} steps); nothing to resume")
-        return RunSummary(run_dir=run_dir, leaderboard=pd.read_parquet(run_dir / "leaderboard.parquet"),
-                          seconds=time.time() - t_start, failed_groups=list(state.get("failed", [])))
+        return RunSummary(
+            run_dir=run_dir,
+            leaderboard=pd.read_parquet(run_dir / "leaderboard.parquet"),
+            seconds=time.time() - t_start,
+            failed_groups=list(state.get("failed", [])),
+        )
     plans, model_path = _prepare(cfg, config_dir, log)
     removed = discard_after(run_dir, step)
     log(f"resuming {run_dir} after step {step} ({len(removed)} later files discarded)")
     return _train(cfg, plans, model_path, run_dir, step, state, on_step, log, t_start)
 
 
-def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Path, start: int, state: dict,
-           on_step, log, t_start: float) -> RunSummary:
+def _train(
+    cfg: RunConfig,
+    plans: list[GroupPlan],
+    model_path: str,
+    run_dir: Path,
+    start: int,
+    state: dict,
+    on_step,
+    log,
+    t_start: float,
+) -> RunSummary:
     from engine.population import Population
 
     pop_cfg = cfg.population
@@ -297,9 +350,17 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
     started = _init_ray(cfg.ray.address, cfg.ray.num_cpus)
     previous_sigterm = _stop_on_sigterm()
     try:
-        population = Population(plans, model_path, run_dir, pop_cfg.max_restarts, log, resolve_backend(cfg.backend),
-                                cfg.rollout.model_dump(), resolve_training(cfg.training.model_dump()),
-                                cfg.ray.torch_threads)
+        population = Population(
+            plans,
+            model_path,
+            run_dir,
+            pop_cfg.max_restarts,
+            log,
+            resolve_backend(cfg.backend),
+            cfg.rollout.model_dump(),
+            resolve_training(cfg.training.model_dump()),
+            cfg.ray.torch_threads,
+        )
         population.failed = list(state.get("failed", []))
         population.restarts.update(state.get("restarts", {}))
         # start-up events are step 0
@@ -316,17 +377,28 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
             metrics = [o["metrics"] for o in outs]
             for m in metrics:  # the population's phases (begin, generate, observe, prepare, finish, step)
                 m.update({f"time/{k}_s": v for k, v in population.phases.items() if f"time/{k}_s" not in m})
-            samples = [s for o in outs for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])]
+            samples = [
+                s
+                for o in outs
+                for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])
+            ]
             if step == 1:
                 _check_first_rewards(outs)
-            events += [event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
-                       for o in outs for fn, err in o["failures"].items()]
-            events += [event_row(step, o["metrics"]["group"], "update_skipped", o["skipped"]) for o in outs if o["skipped"]]
+            events += [
+                event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
+                for o in outs
+                for fn, err in o["failures"].items()
+            ]
+            events += [
+                event_row(step, o["metrics"]["group"], "update_skipped", o["skipped"]) for o in outs if o["skipped"]
+            ]
             events += silent.observe(step, metrics)
             history.extend(metrics)
             # 2. held-out evaluation
             eval_rows = []
-            if cfg.eval_prompts > 0 and (step == cfg.steps or (pop_cfg.eval_interval and step % pop_cfg.eval_interval == 0)):
+            if cfg.eval_prompts > 0 and (
+                step == cfg.steps or (pop_cfg.eval_interval and step % pop_cfg.eval_interval == 0)
+            ):
                 eval_rows = population.evaluate(step, cfg.eval_prompts, pop_cfg.eval_temperature, pop_cfg.eval_samples)
                 evals.extend(eval_rows)
             # 3. rebalancing
@@ -348,8 +420,15 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
                 break
         _commit_written(population, pending, run_dir, pop_cfg.keep_checkpoints)
         adapter_dirs = population.save_adapters()
-        board = leaderboard(pd.DataFrame(history), pd.DataFrame(evals), cohorts, adapter_dirs, population.failed,
-                            pop_cfg.score_metric, pop_cfg.score_window)
+        board = leaderboard(
+            pd.DataFrame(history),
+            pd.DataFrame(evals),
+            cohorts,
+            adapter_dirs,
+            population.failed,
+            pop_cfg.score_metric,
+            pop_cfg.score_window,
+        )
         board["base_model"], board["base_model_path"] = cfg.base_model, model_path  # what each adapter goes on
         writer.write_leaderboard(board)
     finally:
@@ -364,8 +443,13 @@ def _train(cfg: RunConfig, plans: list[GroupPlan], model_path: str, run_dir: Pat
     events_table = read_table(run_dir, "events")
     failed = events_table[events_table["kind"] == "failed"] if not events_table.empty else events_table
     reasons = dict(zip(failed.get("group", []), failed.get("detail", [])))
-    return RunSummary(run_dir=run_dir, leaderboard=board, seconds=time.time() - t_start,
-                      failed_groups=population.failed, failures={g: reasons.get(g, "") for g in population.failed})
+    return RunSummary(
+        run_dir=run_dir,
+        leaderboard=board,
+        seconds=time.time() - t_start,
+        failed_groups=population.failed,
+        failures={g: reasons.get(g, "") for g in population.failed},
+    )
 
 
 class NoSignal:
@@ -398,9 +482,11 @@ class NoSignal:
             g = m["group"]
             if self._count(m):
                 fns = ", ".join(k.removeprefix("reward/") for k in m if k.startswith("reward/")) or "none"
-                msg = (f"group {g} learns nothing: every advantage has been 0 for {self.patience} steps (each prompt's "
-                       f"samples got the same reward, {m['reward']:.3g}, from reward functions {fns}); check that "
-                       f"the prompts ask for what the rewards score")
+                msg = (
+                    f"group {g} learns nothing: every advantage has been 0 for {self.patience} steps (each prompt's "
+                    f"samples got the same reward, {m['reward']:.3g}, from reward functions {fns}); check that "
+                    f"the prompts ask for what the rewards score"
+                )
                 self.log(f"warning: {msg}")
                 events.append(event_row(step, g, "no_signal", msg, value=float(self.patience)))
         return events
@@ -415,27 +501,63 @@ def _commit_written(population, pending: dict | None, run_dir: Path, keep: int) 
             commit_checkpoint(run_dir, pending["step"], pending, keep)
 
 
-def _rebalance(population, step: int, cfg: RunConfig, cohorts: dict[str, str], history: list[dict],
-               evals: list[dict]) -> list[dict]:
+def _rebalance(
+    population, step: int, cfg: RunConfig, cohorts: dict[str, str], history: list[dict], evals: list[dict]
+) -> list[dict]:
     """Score, pick the strategy's decisions, apply them; one event row per decision."""
     pop_cfg = cfg.population
     live = {g: c for g, c in cohorts.items() if g in population.live}
-    scores = group_scores(pd.DataFrame(history), pd.DataFrame(evals), list(live), pop_cfg.score_metric, pop_cfg.score_window)
+    scores = group_scores(
+        pd.DataFrame(history), pd.DataFrame(evals), list(live), pop_cfg.score_metric, pop_cfg.score_window
+    )
     rng = random.Random(f"rebalance:{cfg.seed}:{step}")
     strategy = STRATEGIES[pop_cfg.strategy]
-    decisions = strategy(scores, live, population.hparams(), pop_cfg.performance_threshold, rng,
-                         **pop_cfg.model_dump(include={"quantile_fraction", "perturbation_factors", "perturb",
-                                                       "reallocate_prompts", "min_prompts_per_step"}))
+    decisions = strategy(
+        scores,
+        live,
+        population.hparams(),
+        pop_cfg.performance_threshold,
+        rng,
+        **pop_cfg.model_dump(
+            include={
+                "quantile_fraction",
+                "perturbation_factors",
+                "perturb",
+                "reallocate_prompts",
+                "min_prompts_per_step",
+            }
+        ),
+    )
     events = []
     for d in decisions:
         population.apply(d)
-        events.append(event_row(step, d.group, "rebalance", d.action, donor=d.donor, gap=d.gap, score=d.score,
-                                donor_score=d.donor_score, old=json.dumps(d.old, sort_keys=True),
-                                new=json.dumps(d.new, sort_keys=True)))
+        events.append(
+            event_row(
+                step,
+                d.group,
+                "rebalance",
+                d.action,
+                donor=d.donor,
+                gap=d.gap,
+                score=d.score,
+                donor_score=d.donor_score,
+                old=json.dumps(d.old, sort_keys=True),
+                new=json.dumps(d.new, sort_keys=True),
+            )
+        )
     gaps = relative_gaps(scores, live)
     for g in sorted(live):
         if g not in {d.group for d in decisions}:
-            events.append(event_row(step, g, "score", "within threshold" if not gaps[g][0] > pop_cfg.performance_threshold
-                                    else "trailing, no action", gap=gaps[g][0], score=scores[g],
-                                    donor=gaps[g][1], donor_score=scores[gaps[g][1]]))
+            events.append(
+                event_row(
+                    step,
+                    g,
+                    "score",
+                    "within threshold" if not gaps[g][0] > pop_cfg.performance_threshold else "trailing, no action",
+                    gap=gaps[g][0],
+                    score=scores[g],
+                    donor=gaps[g][1],
+                    donor_score=scores[gaps[g][1]],
+                )
+            )
     return events

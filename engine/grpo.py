@@ -13,7 +13,7 @@ Shapes: B = prompts * group_size completions, L = completion length (padded).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -21,6 +21,7 @@ EPS = 1e-4  # TRL's epsilon in the advantage denominator
 
 
 # --- step 4: advantages --------------------------------------------------------------------------
+
 
 def _std_group(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """Std of each prompt's own group (the GRPO paper)."""
@@ -55,8 +56,15 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str)
 
 # --- step 5: per-token log-probs and the loss ----------------------------------------------------
 
-def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                        temperature: float, share_prompt: bool = True) -> torch.Tensor:
+
+def completion_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    temperature: float,
+    share_prompt: bool = True,
+) -> torch.Tensor:
     """Log-probs of the completion tokens. ``input_ids`` is [B, P+L] (prompts left-padded to P).
 
     Positions come from the attention mask, as in ``generate``, so left padding does not shift them.
@@ -84,11 +92,20 @@ def _shared_prompt_logits(model, input_ids, attention_mask, position_ids, prompt
     if len(first) == len(rows):
         return None
     head = prompt_len - 1  # each distinct prompt but its last token: [U, P-1]
-    cache = model(input_ids=input_ids[first, :head], attention_mask=attention_mask[first, :head],
-                  position_ids=position_ids[first, :head], use_cache=True).past_key_values
+    cache = model(
+        input_ids=input_ids[first, :head],
+        attention_mask=attention_mask[first, :head],
+        position_ids=position_ids[first, :head],
+        use_cache=True,
+    ).past_key_values
     cache.batch_select_indices(rows)  # [U, ...] -> [B, ...]
-    return model(input_ids=input_ids[:, head:], attention_mask=attention_mask, position_ids=position_ids[:, head:],
-                 past_key_values=cache, use_cache=True).logits[:, :-1, :]  # [B, L, V]
+    return model(
+        input_ids=input_ids[:, head:],
+        attention_mask=attention_mask,
+        position_ids=position_ids[:, head:],
+        past_key_values=cache,
+        use_cache=True,
+    ).logits[:, :-1, :]  # [B, L, V]
 
 
 def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +129,9 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def clipped_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                       epsilon_low: float, epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_token_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, epsilon_low: float, epsilon_high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO-style clipped surrogate per token: ``-min(r * A, clip(r, 1-el, 1+eh) * A)``.
 
     Returns the loss [B, L] and a 0/1 tensor [B, L] of tokens where the clip was active.

@@ -24,7 +24,7 @@ Shapes: B completions, L completion length (padded); ``mask`` is 1 on completion
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -50,9 +50,14 @@ IS_MODES: dict[str, tuple[bool, Callable]] = {  # name -> (sequence level?, boun
 
 
 @torch.no_grad()
-def importance_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
-                       mode: str = "token_truncate", clip_max: float | None = 3.0,
-                       clip_min: float | None = None) -> torch.Tensor:
+def importance_weights(
+    trainer_logp: torch.Tensor,
+    sampler_logp: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token_truncate",
+    clip_max: float | None = 3.0,
+    clip_min: float | None = None,
+) -> torch.Tensor:
     """IS weights of the sampled tokens, detached. Inputs [B, L]; returns [B, L] (token modes) or
     [B, 1] (sequence modes), both broadcast against a [B, L] per-token loss.
 

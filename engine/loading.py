@@ -33,7 +33,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); a config is YAML text") from None
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); a config is YAML text"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)  # where the bad construct starts
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -61,7 +63,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {key!r}: '{part}' is not an index of {'.'.join(parts[:i])} (length {len(node)})")
+                raise ConfigError(
+                    f"override {key!r}: '{part}' is not an index of {'.'.join(parts[:i])} (length {len(node)})"
+                )
             if last:
                 node[int(part)] = value
             else:
@@ -103,7 +107,14 @@ def format_validation(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict) else ""))
+        lines.append(
+            f"  {loc}: {msg}"
+            + (
+                f" (got {e['input']!r})"
+                if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e["input"], dict)
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 

@@ -15,8 +15,10 @@ def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print
         if name.startswith("random-"):
             return str(ensure_random_model(name.removeprefix("random-"), log=log))
         if name != "tiny":
-            raise ValueError(f"base_model: unknown built-in model {base_model!r} "
-                             "(known: builtin:tiny, builtin:random-0.5b, builtin:random-1b)")
+            raise ValueError(
+                f"base_model: unknown built-in model {base_model!r} "
+                "(known: builtin:tiny, builtin:random-0.5b, builtin:random-1b)"
+            )
         from engine.tiny_model import ensure_tiny_model
 
         return str(ensure_tiny_model(tiny_settings, log=log))
@@ -27,8 +29,10 @@ def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print
         return str(path.resolve())
     if _in_hf_cache(base_model):
         return base_model  # a hub id already downloaded: from_pretrained loads it offline
-    raise ValueError(f"base_model: {base_model!r} is not a directory, a builtin:* model, or a model in the "
-                     f"Hugging Face cache (lorapop downloads nothing: download it first, or give its directory)")
+    raise ValueError(
+        f"base_model: {base_model!r} is not a directory, a builtin:* model, or a model in the "
+        f"Hugging Face cache (lorapop downloads nothing: download it first, or give its directory)"
+    )
 
 
 def _in_hf_cache(repo_id: str) -> bool:
@@ -56,8 +60,10 @@ def torch_runtime() -> str:
     """How this process's torch computes: version, CPU kernels (``ATEN_CPU_CAPABILITY``) and threads."""
     import torch
 
-    return (f"torch {torch.__version__}, cpu kernels {torch.backends.cpu.get_cpu_capability()}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"torch {torch.__version__}, cpu kernels {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def quiet_libraries() -> None:
@@ -89,8 +95,11 @@ def load_tokenizer(path: str):
 def prompt_ids(tokenizer, prompt) -> list[int]:
     """A prompt's token ids as the model sees them: a conversation through the chat template (with the
     generation prompt), a plain string as it is."""
-    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) \
-        if isinstance(prompt, list) else prompt
+    text = (
+        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        if isinstance(prompt, list)
+        else prompt
+    )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -110,5 +119,6 @@ def load_base(path: str, dtype: str = "float32", device: str = "cpu"):
 def peft_lora_config(r: int, alpha: int, dropout: float, target_modules: list[str] | str):
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                      task_type="CAUSAL_LM", bias="none")
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM", bias="none"
+    )

@@ -50,14 +50,27 @@ def run_figure(run_dir: str | Path):
                 point = point_at(curve, ev["step"])
                 if point is None:
                     continue
-                ax.scatter(*point, marker="v", s=80, color=colors[group], edgecolors="black", zorder=3,
-                           gid=f"rebalance:{group}")
-                ax.annotate(f"{ev['detail']}\u2190{ev['donor'] or ''}", point, textcoords="offset points",
-                            xytext=(4, 6), fontsize=7)
+                ax.scatter(
+                    *point,
+                    marker="v",
+                    s=80,
+                    color=colors[group],
+                    edgecolors="black",
+                    zorder=3,
+                    gid=f"rebalance:{group}",
+                )
+                ax.annotate(
+                    f"{ev['detail']}\u2190{ev['donor'] or ''}",
+                    point,
+                    textcoords="offset points",
+                    xytext=(4, 6),
+                    fontsize=7,
+                )
             point = None if failed_at.empty else point_at(curve, failed_at.min())
             if point is not None:
-                ax.scatter(*point, marker="x", s=90, linewidths=2.5, color=colors[group], zorder=4,
-                           gid=f"failed:{group}")
+                ax.scatter(
+                    *point, marker="x", s=90, linewidths=2.5, color=colors[group], zorder=4, gid=f"failed:{group}"
+                )
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     if not evals.empty:
@@ -94,8 +107,16 @@ def eval_accuracy(evals: pd.DataFrame) -> pd.DataFrame:
     if evals.empty or "correct" not in evals:
         return pd.DataFrame(columns=["group", "step", "accuracy"])
     rows = evals.assign(accuracy=evals["correct"].astype(float)).dropna(subset=["accuracy"])
-    return rows.groupby(["group", "step"], sort=False, as_index=False)["accuracy"].mean().sort_values("step", kind="stable")
+    return (
+        rows.groupby(["group", "step"], sort=False, as_index=False)["accuracy"]
+        .mean()
+        .sort_values("step", kind="stable")
+    )
 
 
 def _events(events: pd.DataFrame, kind: str) -> pd.DataFrame:
-    return events[events["kind"] == kind] if len(events) else pd.DataFrame(columns=["step", "group", "kind", "detail", "donor"])
+    return (
+        events[events["kind"] == kind]
+        if len(events)
+        else pd.DataFrame(columns=["step", "group", "kind", "detail", "donor"])
+    )

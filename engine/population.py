@@ -12,15 +12,14 @@ event), and the trainer with all its slots likewise; a group that keeps failing 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from engine.builders import GroupPlan, build_games
 from engine.checkpoint import checkpoint_dir
 from engine.faults import fault_point
 from engine.results import event_row
 from groups.rebalance import Decision
-
 
 ROWS_USED = "rows_used"
 """Key of a group's dataset position (training rows consumed) in a checkpoint's hyper-parameters."""
@@ -55,9 +54,18 @@ def actor_name(run_dir: Path, group: str) -> str:
 
 
 class Population:
-    def __init__(self, plans: list[GroupPlan], model_path: str, run_dir: Path, max_restarts: int,
-                 log: Callable[[str], None] = print, backend: str = "hf", rollout: dict | None = None,
-                 training: dict | None = None, torch_threads: int | None = None):
+    def __init__(
+        self,
+        plans: list[GroupPlan],
+        model_path: str,
+        run_dir: Path,
+        max_restarts: int,
+        log: Callable[[str], None] = print,
+        backend: str = "hf",
+        rollout: dict | None = None,
+        training: dict | None = None,
+        torch_threads: int | None = None,
+    ):
         """``rollout``: the vllm engine's settings (``RolloutConfig``); ``training``: the trainer's
         ``{"device", "dtype", "num_gpus", "share_prompts", "micro_batch_tokens", "gradient_checkpointing"}``
         with auto resolved;
@@ -65,8 +73,14 @@ class Population:
         rollout and the trainer take turns)."""
         self.plans = {p.name: p for p in plans}
         self.model_path, self.run_dir, self.max_restarts, self.log = model_path, Path(run_dir), max_restarts, log
-        self.training = training or {"device": "cpu", "dtype": "float32", "num_gpus": 0.0, "share_prompts": True,
-                                     "micro_batch_tokens": 0, "gradient_checkpointing": False}
+        self.training = training or {
+            "device": "cpu",
+            "dtype": "float32",
+            "num_gpus": 0.0,
+            "share_prompts": True,
+            "micro_batch_tokens": 0,
+            "gradient_checkpointing": False,
+        }
         self.threads = torch_threads
         self.restarts = {p.name: 0 for p in plans}
         self.trainer_restarts = 0
@@ -88,9 +102,14 @@ class Population:
         from groups.actor import GroupActor
 
         k = self.restarts[plan.name]
-        return ray.remote(num_cpus=0, max_restarts=0)(GroupActor).options(
-            name=actor_name(self.run_dir, plan.name) + (f"#{k}" if k else ""), namespace="lorapop",
-        ).remote(plan, self.model_path)
+        return (
+            ray.remote(num_cpus=0, max_restarts=0)(GroupActor)
+            .options(
+                name=actor_name(self.run_dir, plan.name) + (f"#{k}" if k else ""),
+                namespace="lorapop",
+            )
+            .remote(plan, self.model_path)
+        )
 
     def _spawn_rollout(self):
         """The rollout service: every group's adapter on one base (vLLM multi-LoRA, or the hf backend)."""
@@ -102,14 +121,22 @@ class Population:
             from engine.rollout.vllm import VLLMRollout, engine_defaults
 
             opts = dict(self.rollout_settings)
-            batch = sum(p.grpo["prompts_per_step"] * p.grpo["group_size"] for p in self.plans.values())  # one step's requests
+            batch = sum(
+                p.grpo["prompts_per_step"] * p.grpo["group_size"] for p in self.plans.values()
+            )  # one step's requests
             opts.update(engine_defaults(batch, opts.pop("engine_kwargs", None)))  # further vllm.LLM arguments
-            return ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4), max_restarts=0)(VLLMRollout).options(
-                name=name, namespace="lorapop").remote(self.model_path, adapters, **opts)
+            return (
+                ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4), max_restarts=0)(VLLMRollout)
+                .options(name=name, namespace="lorapop")
+                .remote(self.model_path, adapters, **opts)
+            )
         from engine.rollout.hf import HFRollout
 
-        return ray.remote(num_cpus=0, max_restarts=0)(HFRollout).options(name=name, namespace="lorapop").remote(
-            self.model_path, adapters, self.threads)
+        return (
+            ray.remote(num_cpus=0, max_restarts=0)(HFRollout)
+            .options(name=name, namespace="lorapop")
+            .remote(self.model_path, adapters, self.threads)
+        )
 
     def _generate(self, step: int, requests: list) -> list:
         """One generate call for every group's requests; a rollout service that died is restarted with the
@@ -127,7 +154,9 @@ class Population:
             if self.rollout_restarts >= self.max_restarts:
                 raise RuntimeError(f"the rollout service failed {self.rollout_restarts + 1} times; last: {error}")
             self.rollout_restarts += 1
-            self.rollout_events.append(event_row(step, "rollout", "restart", f"restart {self.rollout_restarts}: {error}"))
+            self.rollout_events.append(
+                event_row(step, "rollout", "restart", f"restart {self.rollout_restarts}: {error}")
+            )
             self.log(f"restarting the rollout service (attempt {self.rollout_restarts}): {error}")
             _kill(self.rollout)
             self.rollout = self._spawn_rollout()
@@ -143,11 +172,24 @@ class Population:
         t = self.training
         specs = {p.name: SlotSpec(dict(p.lora), p.seed, SlotHParams.from_grpo(p.grpo)) for p in self.plans.values()}
         gpus = t["num_gpus"] if t["device"] == "cuda" else 0
-        return ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=0)(TrainerService).options(
-            name=f"lorapop-trainer:{self.run_dir.name}" + (f"#{self.trainer_restarts}" if self.trainer_restarts else ""),
-            namespace="lorapop",
-        ).remote(self.model_path, specs, t["device"], t["dtype"], self.threads, t["share_prompts"],
-                 t["micro_batch_tokens"] or None, t.get("gradient_checkpointing", False))
+        return (
+            ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=0)(TrainerService)
+            .options(
+                name=f"lorapop-trainer:{self.run_dir.name}"
+                + (f"#{self.trainer_restarts}" if self.trainer_restarts else ""),
+                namespace="lorapop",
+            )
+            .remote(
+                self.model_path,
+                specs,
+                t["device"],
+                t["dtype"],
+                self.threads,
+                t["share_prompts"],
+                t["micro_batch_tokens"] or None,
+                t.get("gradient_checkpointing", False),
+            )
+        )
 
     @property
     def live(self) -> list[str]:
@@ -158,12 +200,22 @@ class Population:
         import ray
 
         reports = ray.get([self.actors[g].startup_report.remote() for g in self.live])
-        events = [event_row(0, r["group"], "prompts_dropped", f"{r['dropped_prompts']} rows dropped: prompt longer "
-                            f"than max_prompt_length (never truncated)", value=float(r["dropped_prompts"]))
-                  for r in reports if r["dropped_prompts"]]
+        events = [
+            event_row(
+                0,
+                r["group"],
+                "prompts_dropped",
+                f"{r['dropped_prompts']} rows dropped: prompt longer than max_prompt_length (never truncated)",
+                value=float(r["dropped_prompts"]),
+            )
+            for r in reports
+            if r["dropped_prompts"]
+        ]
         # how each model-running process computes (CPU kernels and threads differ between hosts)
-        events += [event_row(0, name, "runtime", ray.get(actor.runtime.remote()))
-                   for name, actor in (("rollout", self.rollout), ("trainer", self.trainer))]
+        events += [
+            event_row(0, name, "runtime", ray.get(actor.runtime.remote()))
+            for name, actor in (("rollout", self.rollout), ("trainer", self.trainer))
+        ]
         self.checkpoint_step = checkpoint_step
         self._restore(self.live)
         return events
@@ -202,16 +254,21 @@ class Population:
         game = self.game_of.get(group)
         return [g for g in self.games[game].agents.values() if g != group] if game else []
 
-    def _play(self, step: int, groups: list[str], learners: set[str], evaluation: dict | None = None) -> tuple[dict, dict]:
+    def _play(
+        self, step: int, groups: list[str], learners: set[str], evaluation: dict | None = None
+    ) -> tuple[dict, dict]:
         """Play ``groups``' episodes of ``step`` (or a held-out evaluation: ``{"n", "temperature", "samples"}``),
         then ``learners`` learn (or evaluate). Returns (outputs by group, errors by group)."""
         solo = [g for g in groups if g not in self.game_of]
         games = {self.game_of[g] for g in groups if g in self.game_of}
+
         # 1. start: rows and first requests (a game's agents get the game's rows, and their turns from it)
         def start(g: str, rows: list[dict] | None = None):
             actor = self.actors[g]
             if evaluation:
-                return actor.begin_eval.remote(evaluation["n"], evaluation["temperature"], evaluation["samples"], rows=rows)
+                return actor.begin_eval.remote(
+                    evaluation["n"], evaluation["temperature"], evaluation["samples"], rows=rows
+                )
             return actor.begin.remote(step, rows=rows)
 
         refs = {g: start(g) for g in solo}
@@ -235,8 +292,9 @@ class Population:
                 break
             names = list(pending)
             results = self._timed("generate", self._generate, step, [pending[g] for g in names])
-            observed, errors = self._timed("observe", self._gather,
-                                           {g: self.actors[g].observe.remote(r) for g, r in zip(names, results)})
+            observed, errors = self._timed(
+                "observe", self._gather, {g: self.actors[g].observe.remote(r) for g, r in zip(names, results)}
+            )
             failed.update(errors)
             pending = {}
             for g, o in observed.items():
@@ -261,7 +319,12 @@ class Population:
 
     def _evaluate(self, step: int, solo: list[str], games: set[str], learners: set[str], failed: dict):
         refs = {g: self.actors[g].evaluate.remote(step) for g in solo if g in learners and g not in failed}
-        refs.update({g: self.actors[g].evaluate.remote(step, *o) for g, o in self._game_outcomes(games, learners, failed).items()})
+        refs.update(
+            {
+                g: self.actors[g].evaluate.remote(step, *o)
+                for g, o in self._game_outcomes(games, learners, failed).items()
+            }
+        )
         outs, errors = self._gather(refs)
         return outs, {**failed, **errors}
 
@@ -271,7 +334,12 @@ class Population:
         import ray
 
         refs = {g: self.actors[g].prepare.remote(step) for g in solo if g in learners and g not in failed}
-        refs.update({g: self.actors[g].prepare.remote(step, *o) for g, o in self._game_outcomes(games, learners, failed).items()})
+        refs.update(
+            {
+                g: self.actors[g].prepare.remote(step, *o)
+                for g, o in self._game_outcomes(games, learners, failed).items()
+            }
+        )
         jobs, errors = self._timed("prepare", self._gather, refs)
         failed = {**failed, **errors}
         if not jobs:
@@ -285,8 +353,11 @@ class Population:
         except ray.exceptions.RayActorError as e:
             raise _TrainerDied(_error_text(e)) from None
         self.phases.update(train=train_s, publish=publish_s)
-        outs, errors = self._timed("finish", self._gather, {g: self.actors[g].finish.remote(step, r, train_s, publish_s)
-                                                            for g, r in zip(names, results)})
+        outs, errors = self._timed(
+            "finish",
+            self._gather,
+            {g: self.actors[g].finish.remote(step, r, train_s, publish_s) for g, r in zip(names, results)},
+        )
         return outs, {**failed, **errors}
 
     def _reset_game(self, name: str, step: int, evaluation: dict | None) -> list[dict]:
@@ -326,8 +397,14 @@ class Population:
                     ray.kill(self.actors[g], no_restart=True)
                 return {}
             self.restarts[group] += 1
-            events.append(event_row(step, group, "restart", f"restart {self.restarts[group]} from checkpoint "
-                                                          f"step {self.checkpoint_step or 0}: {error}"))
+            events.append(
+                event_row(
+                    step,
+                    group,
+                    "restart",
+                    f"restart {self.restarts[group]} from checkpoint step {self.checkpoint_step or 0}: {error}",
+                )
+            )
             self.log(f"restarting group {group} (attempt {self.restarts[group]}): {error}")
             _kill(self.actors[group])
             self.actors[group] = self._spawn(self.plans[group])
@@ -361,14 +438,22 @@ class Population:
         # the checkpoint the dead trainer was writing counts if every file of it made it (each is renamed
         # into place whole)
         pending, self.pending_checkpoint = self.pending_checkpoint, None
-        if pending is not None and all((checkpoint_dir(self.run_dir, pending) / f"{g}.pt").is_file() for g in self.live):
+        if pending is not None and all(
+            (checkpoint_dir(self.run_dir, pending) / f"{g}.pt").is_file() for g in self.live
+        ):
             self.checkpoint_step = pending
         while True:
             if self.trainer_restarts >= self.max_restarts:
                 raise RuntimeError(f"the trainer service failed {self.trainer_restarts + 1} times; last: {error}")
             self.trainer_restarts += 1
-            events.append(event_row(step, "trainer", "restart", f"restart {self.trainer_restarts} from checkpoint "
-                                                              f"step {self.checkpoint_step or 0}: {error}"))
+            events.append(
+                event_row(
+                    step,
+                    "trainer",
+                    "restart",
+                    f"restart {self.trainer_restarts} from checkpoint step {self.checkpoint_step or 0}: {error}",
+                )
+            )
             self.log(f"restarting the trainer service (attempt {self.trainer_restarts}): {error}")
             _kill(self.trainer)
             self.trainer = self._spawn_trainer()

@@ -16,9 +16,13 @@ class LiveProgress:
 
     def __init__(self, console: Console, cfg):
         self.progress = Progress(
-            TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("reward {task.fields[reward]:>6}  acc {task.fields[acc]:>5}"), TimeElapsedColumn(),
-            console=console, transient=False,
+            TextColumn("[bold]{task.description:<16}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("reward {task.fields[reward]:>6}  acc {task.fields[acc]:>5}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
         self.total = cfg.steps
         self.tasks: dict[str, int] = {}
@@ -34,8 +38,9 @@ class LiveProgress:
         group = row["group"]
         if group not in self.tasks:
             self.tasks[group] = self.progress.add_task(group, total=self.total, reward="-", acc="-")
-        self.progress.update(self.tasks[group], completed=row["step"], reward=_fmt(row.get("reward")),
-                             acc=_fmt(row.get("accuracy")))
+        self.progress.update(
+            self.tasks[group], completed=row["step"], reward=_fmt(row.get("reward")), acc=_fmt(row.get("accuracy"))
+        )
 
 
 def _fmt(x) -> str:
@@ -55,7 +60,9 @@ def load_leaderboards(path: Path) -> pd.DataFrame:
         b.insert(0, "run", lb.parent.name)
         boards.append(b)
     if not boards:
-        raise FileNotFoundError(f"{path}: no leaderboard.parquet here or in its subdirectories (is it a finished lorapop run?)")
+        raise FileNotFoundError(
+            f"{path}: no leaderboard.parquet here or in its subdirectories (is it a finished lorapop run?)"
+        )
     board = pd.concat(boards, ignore_index=True)
     board = board.sort_values(["status", "score"], ascending=[False, False], kind="stable").reset_index(drop=True)
     board.insert(0, "rank", range(1, len(board) + 1))
@@ -64,8 +71,20 @@ def load_leaderboards(path: Path) -> pd.DataFrame:
 
 def leaderboard_table(board: pd.DataFrame, title: str = "leaderboard") -> Table:
     table = Table(title=title)
-    cols = ["rank", "run", "group", "cohort", "status", "score", "relative_gap", "eval_accuracy", "eval_format",
-            "train_reward_first", "train_reward_last", "best_step"]
+    cols = [
+        "rank",
+        "run",
+        "group",
+        "cohort",
+        "status",
+        "score",
+        "relative_gap",
+        "eval_accuracy",
+        "eval_format",
+        "train_reward_first",
+        "train_reward_last",
+        "best_step",
+    ]
     cols = [c for c in cols if c in board.columns]
     for c in cols:
         table.add_column(c, justify="right" if c not in ("group", "cohort") else "left")

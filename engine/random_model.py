@@ -22,10 +22,20 @@ from typing import Any
 # Dims follow well-known shapes: "1b" is TinyLlama-1.1B's body (2048 wide, 22 layers, GQA 32/4);
 # "0.5b" sits between Qwen2.5-0.5B and Llama-3.2-1B. Parameter counts with vocab 32768, tied embeddings.
 SIZES: dict[str, dict[str, int]] = {
-    "0.5b": {"hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 20,
-             "num_attention_heads": 12, "num_key_value_heads": 4},   # ~0.55B
-    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
-           "num_attention_heads": 32, "num_key_value_heads": 4},     # ~1.03B
+    "0.5b": {
+        "hidden_size": 1536,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 20,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+    },  # ~0.55B
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+    },  # ~1.03B
 }
 
 
@@ -46,9 +56,15 @@ def llama_dims(size: str | dict[str, int]) -> dict[str, int]:
     return dims
 
 
-def build_random_llama(out_dir: str | Path, size: str | dict[str, int] = "0.5b", seed: int = 0,
-                       vocab_size: int | None = None, initializer_range: float = 0.02,
-                       max_position_embeddings: int = 4096, device: str | None = None) -> Path:
+def build_random_llama(
+    out_dir: str | Path,
+    size: str | dict[str, int] = "0.5b",
+    seed: int = 0,
+    vocab_size: int | None = None,
+    initializer_range: float = 0.02,
+    max_position_embeddings: int = 4096,
+    device: str | None = None,
+) -> Path:
     """Write a random ``LlamaForCausalLM`` (bf16) + byte-level tokenizer to ``out_dir``; returns it.
 
     ``vocab_size``: None -> the tokenizer's size; larger pads the embedding like a real vocabulary.
@@ -68,10 +84,17 @@ def build_random_llama(out_dir: str | Path, size: str | dict[str, int] = "0.5b",
     tok = build_tokenizer()
     vocab = max(vocab_size or 0, len(tok))
     config = LlamaConfig(
-        vocab_size=vocab, max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5,
-        tie_word_embeddings=True, initializer_range=initializer_range, rope_theta=10000.0,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        **llama_dims(size))
+        vocab_size=vocab,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
+        rope_theta=10000.0,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **llama_dims(size),
+    )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     with torch.device(device):
@@ -81,8 +104,13 @@ def build_random_llama(out_dir: str | Path, size: str | dict[str, int] = "0.5b",
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    info = {"size": size, "seed": seed, "vocab_size": vocab, "initializer_range": initializer_range,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    info = {
+        "size": size,
+        "seed": seed,
+        "vocab_size": vocab,
+        "initializer_range": initializer_range,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     (out / "lorapop_random_model.json").write_text(json.dumps(info, indent=2))
     del model
     if device.startswith("cuda"):

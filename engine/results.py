@@ -46,30 +46,91 @@ _I, _F, _S = pa.int64(), pa.float64(), pa.string()
 # a row lacks is null.
 COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
     "steps": [
-        ("step", _I), ("group", _S), ("cohort", _S), ("adapter_version", _I), ("reward", _F), ("reward_std", _F),
-        (REWARDS, _F), ("reward_failures", _I), ("reward_log", _S), ("accuracy", _F), ("advantage_abs", _F),
-        ("loss", _F), ("kl", _F), ("clip_ratio", _F), ("logprob_mismatch", _F), ("is_weight_mean", _F),
-        ("grad_norm", _F), ("lr", _F), ("temperature", _F), ("beta", _F), ("prompts_per_step", _I),
-        ("completion_len_mean", _F), ("completion_len_max", _I), ("turns_mean", _F), ("truncated_frac", _F),
-        ("time/rollout_s", _F), ("time/train_s", _F), ("time/publish_s", _F), ("time/begin_s", _F),
-        ("time/generate_s", _F), ("time/observe_s", _F), ("time/prepare_s", _F), ("time/finish_s", _F),
+        ("step", _I),
+        ("group", _S),
+        ("cohort", _S),
+        ("adapter_version", _I),
+        ("reward", _F),
+        ("reward_std", _F),
+        (REWARDS, _F),
+        ("reward_failures", _I),
+        ("reward_log", _S),
+        ("accuracy", _F),
+        ("advantage_abs", _F),
+        ("loss", _F),
+        ("kl", _F),
+        ("clip_ratio", _F),
+        ("logprob_mismatch", _F),
+        ("is_weight_mean", _F),
+        ("grad_norm", _F),
+        ("lr", _F),
+        ("temperature", _F),
+        ("beta", _F),
+        ("prompts_per_step", _I),
+        ("completion_len_mean", _F),
+        ("completion_len_max", _I),
+        ("turns_mean", _F),
+        ("truncated_frac", _F),
+        ("time/rollout_s", _F),
+        ("time/train_s", _F),
+        ("time/publish_s", _F),
+        ("time/begin_s", _F),
+        ("time/generate_s", _F),
+        ("time/observe_s", _F),
+        ("time/prepare_s", _F),
+        ("time/finish_s", _F),
         ("time/step_s", _F),
     ],
     "samples": [
-        ("step", _I), ("group", _S), ("prompt_index", _I), ("sample_index", _I), ("prompt", _S), ("completion", _S),
-        ("answer", _S), ("reward", _F), (REWARDS, _F), ("reward_log", _S), ("correct", _F), ("advantage", _F),
-        ("finish_reason", _S), ("completion_tokens", _I), ("turns", _I), ("adapter_version", _I),
+        ("step", _I),
+        ("group", _S),
+        ("prompt_index", _I),
+        ("sample_index", _I),
+        ("prompt", _S),
+        ("completion", _S),
+        ("answer", _S),
+        ("reward", _F),
+        (REWARDS, _F),
+        ("reward_log", _S),
+        ("correct", _F),
+        ("advantage", _F),
+        ("finish_reason", _S),
+        ("completion_tokens", _I),
+        ("turns", _I),
+        ("adapter_version", _I),
     ],
     "evals": [
-        ("step", _I), ("group", _S), ("prompt_index", _I), ("sample_index", _I), ("prompt", _S), ("completion", _S),
-        ("answer", _S), ("reward", _F), (REWARDS, _F), ("correct", _F), ("format_ok", _F), ("turns", _I),
-        ("adapter_version", _I), ("prompt_ids", pa.list_(_I)), ("completion_ids", pa.list_(_I)),
-        ("logprobs", pa.list_(_F)), ("completion_mask", pa.list_(_F)),
+        ("step", _I),
+        ("group", _S),
+        ("prompt_index", _I),
+        ("sample_index", _I),
+        ("prompt", _S),
+        ("completion", _S),
+        ("answer", _S),
+        ("reward", _F),
+        (REWARDS, _F),
+        ("correct", _F),
+        ("format_ok", _F),
+        ("turns", _I),
+        ("adapter_version", _I),
+        ("prompt_ids", pa.list_(_I)),
+        ("completion_ids", pa.list_(_I)),
+        ("logprobs", pa.list_(_F)),
+        ("completion_mask", pa.list_(_F)),
     ],
     # events mix kinds (restart, failed, rebalance, reward_failure, ...) with optional columns
     "events": [
-        ("step", _I), ("group", _S), ("kind", _S), ("detail", _S), ("donor", _S), ("gap", _F), ("score", _F),
-        ("donor_score", _F), ("old", _S), ("new", _S), ("value", _F),
+        ("step", _I),
+        ("group", _S),
+        ("kind", _S),
+        ("detail", _S),
+        ("donor", _S),
+        ("gap", _F),
+        ("score", _F),
+        ("donor_score", _F),
+        ("old", _S),
+        ("new", _S),
+        ("value", _F),
     ],
 }
 
@@ -150,8 +211,10 @@ def conform(rows: list[dict], schema: pa.Schema, table: str = "table") -> pa.Tab
     """
     unknown = sorted({k for row in rows for k in row} - set(schema.names))
     if unknown:
-        raise ValueError(f"{table}: columns {unknown} are not in the table's schema, fixed for the run; "
-                         f"a new column is declared in engine.results.COLUMNS")
+        raise ValueError(
+            f"{table}: columns {unknown} are not in the table's schema, fixed for the run; "
+            f"a new column is declared in engine.results.COLUMNS"
+        )
     arrays = []
     for field in schema:
         values = [row.get(field.name) for row in rows]
@@ -180,8 +243,11 @@ class RunWriter:
     def create_tables(self) -> list[Path]:
         """An empty ``part-000000`` (the schema, no rows) in each table that has no part yet, so that
         every reader opens every table, even one never written to. Returns the parts written."""
-        return [write_parquet(self.run_dir / t / "part-000000.parquet", self.schemas[t].empty_table())
-                for t in TABLES if not any((self.run_dir / t).glob("part-*.parquet"))]
+        return [
+            write_parquet(self.run_dir / t / "part-000000.parquet", self.schemas[t].empty_table())
+            for t in TABLES
+            if not any((self.run_dir / t).glob("part-*.parquet"))
+        ]
 
     def write_part(self, table: str, rows: list[dict], index: int) -> Path | None:
         """``<table>/part-<index>.parquet`` in the table's schema; nothing is written for no rows."""
@@ -190,8 +256,11 @@ class RunWriter:
         if not rows:
             return None
         data = conform(rows, self.schemas[table], table)
-        return write_parquet(self.run_dir / table / f"part-{index:06d}.parquet", data,
-                             before_rename=(lambda: fault_point("parquet", index)) if table == "samples" else None)
+        return write_parquet(
+            self.run_dir / table / f"part-{index:06d}.parquet",
+            data,
+            before_rename=(lambda: fault_point("parquet", index)) if table == "samples" else None,
+        )
 
     def write_leaderboard(self, df: pd.DataFrame) -> Path:
         return write_parquet(self.run_dir / "leaderboard.parquet", df)

@@ -29,8 +29,12 @@ KEY_NAMES = ("Pick", "Say", "Code", "Key", "Note", "Hint", "Value", "Word", "Goa
 WORDS = ("cat", "dog", "sun", "tree", "fish", "bird", "rock", "star", "moon", "leaf")
 COPY_TOKENS = tuple(str(i) for i in range(100)) + WORDS + tuple("abcdefghijklmnopqrstuvwxyz")
 RECALL_STRICT_FRACTION = 0.5  # recall targets in the exact format (answer tags alone)
-RECALL_SYSTEM_PROMPTS = ("Repeat the value. Reply as {start}value{end}.", "Reply as {start}value{end}.",
-                         "Answer with the {key}. Reply as {start}{key}{end}.", None)
+RECALL_SYSTEM_PROMPTS = (
+    "Repeat the value. Reply as {start}value{end}.",
+    "Reply as {start}value{end}.",
+    "Answer with the {key}. Reply as {start}{key}{end}.",
+    None,
+)
 
 
 def copy_example(rng: random.Random, max_len: int = 8) -> tuple[str, str]:
@@ -85,7 +89,7 @@ def arithmetic_targets(env, row: dict) -> list[str]:
 def recall_targets(env, row: dict) -> list[str]:
     """Targets for a recall row, in ``env``'s tags: the answer tags alone (what its system prompt asks
     for) first, then the full format and looser variants."""
-    r, a = row["reasoning"], row["answer"]
+    a = row["answer"]
     answer = f"{env.solution_start}{a}{env.solution_end}"
     return [answer, env.solution_text(row), a, f"The answer is {a}."]
 

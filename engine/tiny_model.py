@@ -41,8 +41,9 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BUILD_VERSION = 2  # bump when the recipe changes: old cache entries (and the shipped build) are then ignored
 PROGRESS_EVERY_S = 5.0  # a training phase logs its step and loss at most this often (and at its last step)
@@ -70,8 +71,9 @@ def ensure_tiny_model(settings: dict[str, Any], log=print) -> Path:
     shipped = shipped_tiny_model(settings)
     if shipped is not None:
         return shipped
-    return build_cached(f"tiny-{settings_key(settings)}", lambda out: build_tiny_model(out, **settings, log=log),
-                        "builtin:tiny", log)
+    return build_cached(
+        f"tiny-{settings_key(settings)}", lambda out: build_tiny_model(out, **settings, log=log), "builtin:tiny", log
+    )
 
 
 def shipped_tiny_model(settings: dict[str, Any]) -> Path | None:
@@ -94,9 +96,13 @@ def write_build(out: Path, settings: dict[str, Any], log=print) -> dict[str, Any
         t0 = time.time()
         build_tiny_model(tmp, **settings, log=log)
         manifest = {
-            "build_version": BUILD_VERSION, "settings": settings, "settings_key": settings_key(settings),
-            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY"), "build_seconds": round(time.time() - t0, 1),
+            "build_version": BUILD_VERSION,
+            "settings": settings,
+            "settings_key": settings_key(settings),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY"),
+            "build_seconds": round(time.time() - t0, 1),
             "model_sha256": hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -139,7 +145,9 @@ def build_cached(name: str, build: Callable[[Path], None], label: str, log=print
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters (what ByteLevel pre-tokenizes to)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, n = keep[:], 0
     for b in range(256):
         if b not in keep:
@@ -201,8 +209,11 @@ def _train_phase(model, batches, steps: int, lr: float, decay: bool, label: str,
         now = _clock()
         if step + 1 == steps or now - last >= every_s:
             last, elapsed = now, now - t0
-            when = (f"done in {elapsed:.0f}s" if step + 1 == steps
-                    else f"{elapsed:.0f}s elapsed, ~{elapsed / (step + 1) * (steps - step - 1):.0f}s to go")
+            when = (
+                f"done in {elapsed:.0f}s"
+                if step + 1 == steps
+                else f"{elapsed:.0f}s elapsed, ~{elapsed / (step + 1) * (steps - step - 1):.0f}s to go"
+            )
             log(f"  {label} phase: step {step + 1}/{steps}, loss {loss.item():.3f}, {when}")
 
 
@@ -211,8 +222,19 @@ def _clock() -> float:
     return time.monotonic()
 
 
-def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: int, copy_steps: int, copy_lr: float,
-                     sft_steps: int, sft_lr: float, strict_fraction: float, seed: int, log=print) -> None:
+def build_tiny_model(
+    out: Path,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    copy_steps: int,
+    copy_lr: float,
+    sft_steps: int,
+    sft_lr: float,
+    strict_fraction: float,
+    seed: int,
+    log=print,
+) -> None:
     """Build, pre-train (copy phase, then format phase; see engine/tiny_corpus.py) and save into ``out``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -225,14 +247,24 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
     torch.manual_seed(seed)
     tok = build_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=hidden_size * 3,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 3,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(config)
-    log(f"  model: Llama, {num_layers} layers x {hidden_size} hidden, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; byte-level tokenizer, {len(tok)} tokens")
+    log(
+        f"  model: Llama, {num_layers} layers x {hidden_size} hidden, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; byte-level tokenizer, {len(tok)} tokens"
+    )
 
     def ids(text: str) -> list[int]:
         return tok(text, add_special_tokens=False)["input_ids"]
@@ -257,12 +289,16 @@ def build_tiny_model(out: Path, hidden_size: int, num_layers: int, num_heads: in
     recall_rng = random.Random(f"tiny-recall:{seed}")
 
     def format_batch(step: int) -> list[tuple[list[int], list[int]]]:
-        rows = [(row, corpus.arithmetic_targets(env, row), strict_fraction) for env in envs for row in env.batch(step, 2)]
+        rows = [
+            (row, corpus.arithmetic_targets(env, row), strict_fraction) for env in envs for row in env.batch(step, 2)
+        ]
         for _ in range(8):
             row = corpus.recall_row(recall_rng, recall_format.solution_start, recall_format.solution_end)
             rows.append((row, corpus.recall_targets(recall_format, row), corpus.RECALL_STRICT_FRACTION))
-        return [(chat(row["prompt"]), ids(corpus.pick_target(pick, variants, strict)) + [tok.eos_token_id])
-                for row, variants, strict in rows]
+        return [
+            (chat(row["prompt"]), ids(corpus.pick_target(pick, variants, strict)) + [tok.eos_token_id])
+            for row, variants, strict in rows
+        ]
 
     log(f"  format phase (2 of 2): {sft_steps} steps of 16 chat rows, lr {sft_lr:g}")
     _train_phase(model, format_batch, sft_steps, sft_lr, decay=True, label="format", log=log, every_s=PROGRESS_EVERY_S)

@@ -91,8 +91,7 @@ def make_prompt(
         missing = [f for f in fields if f not in values]
         if missing:
             raise KeyError(
-                f"prompt template {template!r} refers to column(s) {missing} "
-                f"not in the row (columns: {sorted(values)})"
+                f"prompt template {template!r} refers to column(s) {missing} not in the row (columns: {sorted(values)})"
             )
         text = template.format(**values)
     if not conversational:

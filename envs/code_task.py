@@ -19,8 +19,9 @@ from __future__ import annotations
 import functools
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from envs.base import make_prompt
 from envs.task import TaskEnv
@@ -67,71 +68,100 @@ def _coins(rng: random.Random) -> tuple:
 
 _TASKS: dict[int, tuple[_Task, ...]] = {
     1: (
-        _Task("largest", "Write solve(xs) returning the largest number in the list xs.", "max of xs",
-              "def solve(xs):\n    return max(xs)\n", _int_list),
-        _Task("sum_even", "Write solve(xs) returning the sum of the even numbers in the list xs.",
-              "sum the evens", "def solve(xs):\n    return sum(x for x in xs if x % 2 == 0)\n", _int_list),
-        _Task("vowels", "Write solve(s) returning how many vowels (a, e, i, o, u) the string s has.",
-              "count vowels", "def solve(s):\n    return sum(c in 'aeiou' for c in s)\n", _word),
+        _Task(
+            "largest",
+            "Write solve(xs) returning the largest number in the list xs.",
+            "max of xs",
+            "def solve(xs):\n    return max(xs)\n",
+            _int_list,
+        ),
+        _Task(
+            "sum_even",
+            "Write solve(xs) returning the sum of the even numbers in the list xs.",
+            "sum the evens",
+            "def solve(xs):\n    return sum(x for x in xs if x % 2 == 0)\n",
+            _int_list,
+        ),
+        _Task(
+            "vowels",
+            "Write solve(s) returning how many vowels (a, e, i, o, u) the string s has.",
+            "count vowels",
+            "def solve(s):\n    return sum(c in 'aeiou' for c in s)\n",
+            _word,
+        ),
     ),
     2: (
-        _Task("nim_move",
-              "Nim: heaps is a list of pile sizes; a move takes k >= 1 stones from one pile. Write "
-              "solve(heaps) returning a winning move (i, k) that makes the XOR of the piles 0, with the "
-              "smallest such i, or None if there is none.",
-              "xor the piles; find a pile that shrinks",
-              "def solve(heaps):\n    total = 0\n    for h in heaps:\n        total ^= h\n"
-              "    if total == 0:\n        return None\n    for i, h in enumerate(heaps):\n"
-              "        if h ^ total < h:\n            return (i, h - (h ^ total))\n",
-              lambda rng: ([rng.randint(1, 9) for _ in range(rng.randint(2, 4))],)),
-        _Task("take_away",
-              "n stones; players alternately take 1 to m stones; whoever takes the last stone wins. "
-              "Write solve(n, m) returning how many stones to take now to win, or 0 if every move loses.",
-              "leave a multiple of m + 1", "def solve(n, m):\n    return n % (m + 1)\n",
-              lambda rng: (rng.randint(1, 30), rng.randint(2, 5))),
-        _Task("ttt_win",
-              "Tic-tac-toe: board is a 9-character string of 'X', 'O' and '.', row by row. Write "
-              "solve(board) returning the smallest index of an empty cell where X completes a line, or -1.",
-              "try each empty cell",
-              f"LINES = {_LINES}\n\n"
-              "def solve(board):\n    for i in range(9):\n        if board[i] == '.':\n"
-              "            b = board[:i] + 'X' + board[i + 1:]\n"
-              "            if any(all(b[j] == 'X' for j in line) for line in LINES):\n"
-              "                return i\n    return -1\n",
-              _board),
+        _Task(
+            "nim_move",
+            "Nim: heaps is a list of pile sizes; a move takes k >= 1 stones from one pile. Write "
+            "solve(heaps) returning a winning move (i, k) that makes the XOR of the piles 0, with the "
+            "smallest such i, or None if there is none.",
+            "xor the piles; find a pile that shrinks",
+            "def solve(heaps):\n    total = 0\n    for h in heaps:\n        total ^= h\n"
+            "    if total == 0:\n        return None\n    for i, h in enumerate(heaps):\n"
+            "        if h ^ total < h:\n            return (i, h - (h ^ total))\n",
+            lambda rng: ([rng.randint(1, 9) for _ in range(rng.randint(2, 4))],),
+        ),
+        _Task(
+            "take_away",
+            "n stones; players alternately take 1 to m stones; whoever takes the last stone wins. "
+            "Write solve(n, m) returning how many stones to take now to win, or 0 if every move loses.",
+            "leave a multiple of m + 1",
+            "def solve(n, m):\n    return n % (m + 1)\n",
+            lambda rng: (rng.randint(1, 30), rng.randint(2, 5)),
+        ),
+        _Task(
+            "ttt_win",
+            "Tic-tac-toe: board is a 9-character string of 'X', 'O' and '.', row by row. Write "
+            "solve(board) returning the smallest index of an empty cell where X completes a line, or -1.",
+            "try each empty cell",
+            f"LINES = {_LINES}\n\n"
+            "def solve(board):\n    for i in range(9):\n        if board[i] == '.':\n"
+            "            b = board[:i] + 'X' + board[i + 1:]\n"
+            "            if any(all(b[j] == 'X' for j in line) for line in LINES):\n"
+            "                return i\n    return -1\n",
+            _board,
+        ),
     ),
     3: (
-        _Task("lis", "Write solve(xs) returning the length of the longest strictly increasing subsequence of xs.",
-              "dp over prefixes",
-              "def solve(xs):\n    best = [1] * len(xs)\n    for i in range(len(xs)):\n        for j in range(i):\n"
-              "            if xs[j] < xs[i]:\n                best[i] = max(best[i], best[j] + 1)\n"
-              "    return max(best, default=0)\n",
-              lambda rng: _int_list(rng, 0, 20)),
-        _Task("coins",
-              "Write solve(coins, amount) returning the fewest coins (unlimited of each value in coins) "
-              "summing to amount, or -1 if impossible.",
-              "dp over amounts",
-              "def solve(coins, amount):\n    inf = float('inf')\n    best = [0] + [inf] * amount\n"
-              "    for a in range(1, amount + 1):\n        for c in coins:\n"
-              "            if c <= a and best[a - c] + 1 < best[a]:\n                best[a] = best[a - c] + 1\n"
-              "    return -1 if best[amount] == inf else best[amount]\n",
-              _coins),
-        _Task("ttt_value",
-              "Tic-tac-toe: board is a 9-character string of 'X', 'O' and '.', row by row, X to move. "
-              "Write solve(board) returning 1 if X can force a win, -1 if O can, 0 if best play draws.",
-              "minimax",
-              f"LINES = {_LINES}\n\n"
-              "def won(b, p):\n    return any(all(b[j] == p for j in line) for line in LINES)\n\n"
-              "def solve(board, player='X'):\n    other = 'O' if player == 'X' else 'X'\n"
-              "    if won(board, other):\n        return -1\n    moves = [i for i in range(9) if board[i] == '.']\n"
-              "    if not moves:\n        return 0\n"
-              "    return max(-solve(board[:i] + player + board[i + 1:], other) for i in moves)\n",
-              _played_board),
+        _Task(
+            "lis",
+            "Write solve(xs) returning the length of the longest strictly increasing subsequence of xs.",
+            "dp over prefixes",
+            "def solve(xs):\n    best = [1] * len(xs)\n    for i in range(len(xs)):\n        for j in range(i):\n"
+            "            if xs[j] < xs[i]:\n                best[i] = max(best[i], best[j] + 1)\n"
+            "    return max(best, default=0)\n",
+            lambda rng: _int_list(rng, 0, 20),
+        ),
+        _Task(
+            "coins",
+            "Write solve(coins, amount) returning the fewest coins (unlimited of each value in coins) "
+            "summing to amount, or -1 if impossible.",
+            "dp over amounts",
+            "def solve(coins, amount):\n    inf = float('inf')\n    best = [0] + [inf] * amount\n"
+            "    for a in range(1, amount + 1):\n        for c in coins:\n"
+            "            if c <= a and best[a - c] + 1 < best[a]:\n                best[a] = best[a - c] + 1\n"
+            "    return -1 if best[amount] == inf else best[amount]\n",
+            _coins,
+        ),
+        _Task(
+            "ttt_value",
+            "Tic-tac-toe: board is a 9-character string of 'X', 'O' and '.', row by row, X to move. "
+            "Write solve(board) returning 1 if X can force a win, -1 if O can, 0 if best play draws.",
+            "minimax",
+            f"LINES = {_LINES}\n\n"
+            "def won(b, p):\n    return any(all(b[j] == p for j in line) for line in LINES)\n\n"
+            "def solve(board, player='X'):\n    other = 'O' if player == 'X' else 'X'\n"
+            "    if won(board, other):\n        return -1\n    moves = [i for i in range(9) if board[i] == '.']\n"
+            "    if not moves:\n        return 0\n"
+            "    return max(-solve(board[:i] + player + board[i + 1:], other) for i in moves)\n",
+            _played_board,
+        ),
     ),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(source: str) -> Callable[..., Any]:
     """The ``solve`` defined by one of this module's reference sources (trusted code, compiled once)."""
     namespace: dict[str, Any] = {}
@@ -155,7 +185,7 @@ def default_system_prompt(
 
 
 class CodeTaskEnv(TaskEnv):
-    """"Write ``solve``" puzzles; each row carries ``question``, ``answer`` (reference source), ``tests``,
+    """ "Write ``solve``" puzzles; each row carries ``question``, ``answer`` (reference source), ``tests``,
     ``task``, ``reasoning`` and ``difficulty``."""
 
     DIFFICULTIES = DIFFICULTIES

@@ -70,9 +70,11 @@ def _read_located(path: Path) -> list[tuple[str, dict]]:
                 for r in reader:
                     # line_num is the physical line the record ended on; the header is line 1.
                     if None in r:  # more fields than the header names (csv keeps them under the key None)
-                        raise DatasetError(f"{path}:{reader.line_num}: {len(r) - 1 + len(r[None])} fields, the header "
-                                           f"names {len(reader.fieldnames or [])} ({', '.join(reader.fieldnames or [])}); "
-                                           f"quote values that hold a comma")
+                        raise DatasetError(
+                            f"{path}:{reader.line_num}: {len(r) - 1 + len(r[None])} fields, the header "
+                            f"names {len(reader.fieldnames or [])} ({', '.join(reader.fieldnames or [])}); "
+                            f"quote values that hold a comma"
+                        )
                     out.append((f"{path}:{reader.line_num}", dict(r)))
             except csv.Error as e:
                 raise DatasetError(f"{path}:{reader.line_num}: not valid CSV: {e}") from None
@@ -96,8 +98,7 @@ def _load_hf_dir(path: Path) -> list[dict]:
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if not any((path / m).exists() for m in markers):
         raise DatasetError(
-            f"{path} is a directory but not a Hugging Face save_to_disk dataset "
-            f"(none of {', '.join(markers)} found)"
+            f"{path} is a directory but not a Hugging Face save_to_disk dataset (none of {', '.join(markers)} found)"
         )
     try:
         import datasets
@@ -161,8 +162,7 @@ class DatasetEnv(Env):
             prompt_column = next((c for c in ("prompt", "question") if c in columns), None)
             if prompt_column is None:
                 raise DatasetError(
-                    f"{self.path}: no 'prompt' or 'question' column (columns found: {columns}); "
-                    "set prompt_column"
+                    f"{self.path}: no 'prompt' or 'question' column (columns found: {columns}); set prompt_column"
                 )
         self.prompt_column, self.answer_column = prompt_column, answer_column
         self.system_prompt, self.template = system_prompt, template

@@ -74,8 +74,10 @@ _TABLE_TEXT: dict[str, dict[str, str]] = {
     },
 }
 
-_DEC = {"en": {0: "whole number", 1: "1 decimal", 2: "2 decimals"},
-        "vi": {0: "số nguyên", 1: "1 chữ số thập phân", 2: "2 chữ số thập phân"}}
+_DEC = {
+    "en": {0: "whole number", 1: "1 decimal", 2: "2 decimals"},
+    "vi": {0: "số nguyên", 1: "1 chữ số thập phân", 2: "2 chữ số thập phân"},
+}
 
 # Question templates by (template, language); fields come from ``params`` plus ``dec`` (rounding).
 _TEMPLATES: dict[str, dict[str, str]] = {
@@ -124,7 +126,9 @@ def default_system_prompt(
     if difficulty == 0:
         reply = f"{reasoning_start}work{reasoning_end}{solution_start}X{solution_end}"
         if language == "vi":
-            return f"Đọc bảng lãi suất. Trả lời dạng {reply}: X chỉ ghi giá trị hoặc mã, không ghi %, đúng như trong bảng."
+            return (
+                f"Đọc bảng lãi suất. Trả lời dạng {reply}: X chỉ ghi giá trị hoặc mã, không ghi %, đúng như trong bảng."
+            )
         return f"Read the rate sheet. Reply as {reply}: X is the value or code only, no %, as written."
     reply = f"{reasoning_start}work{reasoning_end}{solution_start}number{solution_end}"
     if language == "vi":
@@ -232,7 +236,11 @@ class FinancialEnv(GeneratedTaskEnv):
     def default_prompt(self) -> str:
         """``default_system_prompt`` built from this env's tags, in its language."""
         return default_system_prompt(
-            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language,
+            self.reasoning_start,
+            self.reasoning_end,
+            self.solution_start,
+            self.solution_end,
+            self.language,
             self.difficulty,
         )
 

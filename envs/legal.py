@@ -71,22 +71,46 @@ OFFENCES: dict[str, dict[str, tuple[str, str]]] = {
 
 # The rulebook: article number -> (topic, title by language, a case it covers by language).
 ARTICLES: dict[int, tuple[str, dict[str, str], dict[str, str]]] = {
-    3: ("speed", {"en": "speeding", "vi": "tốc độ"},
-        {"en": "A car did 90 in a 60 zone.", "vi": "Ô tô chạy 90 km/h, giới hạn 60."}),
-    5: ("red_light", {"en": "red light", "vi": "đèn đỏ"},
-        {"en": "A bus crossed on red.", "vi": "Xe buýt đi khi đèn đỏ."}),
-    6: ("helmet", {"en": "helmets", "vi": "mũ bảo hiểm"},
-        {"en": "A rider had a bare head.", "vi": "Người đi xe máy để đầu trần."}),
-    8: ("seatbelt", {"en": "seatbelts", "vi": "dây an toàn"},
-        {"en": "A driver was not buckled up.", "vi": "Tài xế không cài dây."}),
-    9: ("phone", {"en": "phones", "vi": "điện thoại"},
-        {"en": "A driver texted while driving.", "vi": "Tài xế nhắn tin khi lái."}),
-    11: ("load", {"en": "overload", "vi": "quá tải"},
-         {"en": "A truck carried 12 t, limit 8 t.", "vi": "Xe tải chở 12 tấn, phép 8 tấn."}),
-    12: ("alcohol", {"en": "alcohol", "vi": "nồng độ cồn"},
-         {"en": "A driver failed a breath test.", "vi": "Tài xế có cồn trong hơi thở."}),
-    15: ("parking", {"en": "parking", "vi": "đỗ xe"},
-         {"en": "A van stopped on a sidewalk.", "vi": "Xe van dừng trên vỉa hè."}),
+    3: (
+        "speed",
+        {"en": "speeding", "vi": "tốc độ"},
+        {"en": "A car did 90 in a 60 zone.", "vi": "Ô tô chạy 90 km/h, giới hạn 60."},
+    ),
+    5: (
+        "red_light",
+        {"en": "red light", "vi": "đèn đỏ"},
+        {"en": "A bus crossed on red.", "vi": "Xe buýt đi khi đèn đỏ."},
+    ),
+    6: (
+        "helmet",
+        {"en": "helmets", "vi": "mũ bảo hiểm"},
+        {"en": "A rider had a bare head.", "vi": "Người đi xe máy để đầu trần."},
+    ),
+    8: (
+        "seatbelt",
+        {"en": "seatbelts", "vi": "dây an toàn"},
+        {"en": "A driver was not buckled up.", "vi": "Tài xế không cài dây."},
+    ),
+    9: (
+        "phone",
+        {"en": "phones", "vi": "điện thoại"},
+        {"en": "A driver texted while driving.", "vi": "Tài xế nhắn tin khi lái."},
+    ),
+    11: (
+        "load",
+        {"en": "overload", "vi": "quá tải"},
+        {"en": "A truck carried 12 t, limit 8 t.", "vi": "Xe tải chở 12 tấn, phép 8 tấn."},
+    ),
+    12: (
+        "alcohol",
+        {"en": "alcohol", "vi": "nồng độ cồn"},
+        {"en": "A driver failed a breath test.", "vi": "Tài xế có cồn trong hơi thở."},
+    ),
+    15: (
+        "parking",
+        {"en": "parking", "vi": "đỗ xe"},
+        {"en": "A van stopped on a sidewalk.", "vi": "Xe van dừng trên vỉa hè."},
+    ),
 }
 
 # Difficulty 0: an excerpt of 3-5 articles, numbered from ARTICLE_NUMBERS, each fining one of these
@@ -180,10 +204,14 @@ def default_system_prompt(
             return f"Đọc quy định đã cho. Trả lời dạng {reply}; X chỉ ghi mức phạt hoặc số điều, đúng như đã ghi."
         return f"Read the rules given. Reply as {reply}; X is only the fine or the article number, as written."
     if language == "vi":
-        return (f"Áp dụng quy định đã cho. Trả lời dạng {reply}; X là số tiền phạt, ngày dạng YYYY-MM-DD "
-                "(tính theo ngày lịch, không tính ngày đầu) hoặc số điều.")
-    return (f"Apply the rules given. Reply as {reply}; X is a fine as a number, a date as YYYY-MM-DD "
-            "(calendar days, start day not counted) or an article number.")
+        return (
+            f"Áp dụng quy định đã cho. Trả lời dạng {reply}; X là số tiền phạt, ngày dạng YYYY-MM-DD "
+            "(tính theo ngày lịch, không tính ngày đầu) hoặc số điều."
+        )
+    return (
+        f"Apply the rules given. Reply as {reply}; X is a fine as a number, a date as YYYY-MM-DD "
+        "(calendar days, start day not counted) or an article number."
+    )
 
 
 def speed_bracket(over: int) -> int:
@@ -304,7 +332,11 @@ class LegalEnv(GeneratedTaskEnv):
     def default_prompt(self) -> str:
         """``default_system_prompt`` built from this env's tags, in its language."""
         return default_system_prompt(
-            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language,
+            self.reasoning_start,
+            self.reasoning_end,
+            self.solution_start,
+            self.solution_end,
+            self.language,
             self.difficulty,
         )
 

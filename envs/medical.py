@@ -43,8 +43,18 @@ TASKS: dict[int, tuple[str, ...]] = {
 
 # Difficulty 0: a dose table of 3-5 of these drugs, each with a distinct dose from DOSES_MG_PER_KG.
 TABLE_TASK = "dose_table"
-DRUGS = ("ibuprofen", "paracetamol", "amoxicillin", "cefalexin", "azithromycin", "gentamicin", "vancomycin",
-         "ceftriaxone", "acyclovir", "ondansetron")
+DRUGS = (
+    "ibuprofen",
+    "paracetamol",
+    "amoxicillin",
+    "cefalexin",
+    "azithromycin",
+    "gentamicin",
+    "vancomycin",
+    "ceftriaxone",
+    "acyclovir",
+    "ondansetron",
+)
 DOSES_MG_PER_KG: tuple[int | float, ...] = (1, 2, 2.5, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50, 75, 100)
 
 # Difficulty-0 wording by language: the table, then one question per kind (pick: highest or lowest).
@@ -177,7 +187,12 @@ def _draw(rng: random.Random, task: str, difficulty: int) -> tuple[str, dict, st
             kg, per = rng.randint(10, 90), rng.randint(5, 25)
             cap = max(50, round(kg * per * rng.uniform(0.6, 1.4) / 50) * 50)
             dose = min(kg * per, cap)
-            return "dose_cap", {"kg": kg, "mg_per_kg": per, "max_mg": cap}, str(dose), f"{kg}*{per}={kg * per};max {cap}->{dose}"
+            return (
+                "dose_cap",
+                {"kg": kg, "mg_per_kg": per, "max_mg": cap},
+                str(dose),
+                f"{kg}*{per}={kg * per};max {cap}->{dose}",
+            )
         kg, per, doses = rng.randint(4, 40), rng.randint(10, 60), rng.choice((2, 3, 4))
         answer = round_half_up(Fraction(kg * per, doses))
         return "dose_split", {"kg": kg, "mg_per_kg": per, "doses": doses}, answer, f"{kg}*{per}/{doses}={answer}"
@@ -228,7 +243,11 @@ class MedicalEnv(GeneratedTaskEnv):
     def default_prompt(self) -> str:
         """``default_system_prompt`` built from this env's tags, in its language."""
         return default_system_prompt(
-            self.reasoning_start, self.reasoning_end, self.solution_start, self.solution_end, self.language,
+            self.reasoning_start,
+            self.reasoning_end,
+            self.solution_start,
+            self.solution_end,
+            self.language,
             self.difficulty,
         )
 

@@ -52,15 +52,26 @@ class GuessNumberEnv(MultiTurnEnv):
     in the answer tags gets a reminder and uses up its turn.
     """
 
-    def __init__(self, seed: int = 0, high: int = 8, max_turns: int = 3, decay: float = 0.25,
-                 system_prompt: str | None = None, solution_start: str = "<answer>", solution_end: str = "</answer>",
-                 **_tags: str) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        high: int = 8,
+        max_turns: int = 3,
+        decay: float = 0.25,
+        system_prompt: str | None = None,
+        solution_start: str = "<answer>",
+        solution_end: str = "</answer>",
+        **_tags: str,
+    ) -> None:
         if high < 2:
             raise ValueError(f"high must be >= 2, got {high}")
         self.seed, self.high, self.max_turns, self.decay = seed, high, max_turns, decay
         self.solution_start, self.solution_end = solution_start, solution_end
-        self.system_prompt = system_prompt if system_prompt is not None else (
-            f"Guess the number. Reply as {solution_start}number{solution_end}.")
+        self.system_prompt = (
+            system_prompt
+            if system_prompt is not None
+            else (f"Guess the number. Reply as {solution_start}number{solution_end}.")
+        )
 
     def _row(self, rng: random.Random) -> dict:
         secret = rng.randint(1, self.high)

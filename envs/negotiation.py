@@ -20,8 +20,16 @@ from rewards.text import extract_answer, parse_number
 class NegotiationGame(Game):
     roles = ("first", "second")
 
-    def __init__(self, seed: int = 0, min_pot: int = 4, max_pot: int = 10, max_turns: int = 4,
-                 solution_start: str = "<answer>", solution_end: str = "</answer>", **_tags: str) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        min_pot: int = 4,
+        max_pot: int = 10,
+        max_turns: int = 4,
+        solution_start: str = "<answer>",
+        solution_end: str = "</answer>",
+        **_tags: str,
+    ) -> None:
         if not 1 <= min_pot <= max_pot:
             raise ValueError(f"need 1 <= min_pot <= max_pot, got {min_pot}, {max_pot}")
         if max_turns < 2:
@@ -54,8 +62,10 @@ class NegotiationGame(Game):
             news = "The other player's reply was not an offer."
         if not first:
             return news
-        system = (f"Split {pot} coins with the other player. Reply {self.start}k{self.end} to keep k coins. "
-                  f"Asking no more than you are left, or {self.start}accept{self.end}, takes the last offer.")
+        system = (
+            f"Split {pot} coins with the other player. Reply {self.start}k{self.end} to keep k coins. "
+            f"Asking no more than you are left, or {self.start}accept{self.end}, takes the last offer."
+        )
         return make_prompt(news, system)
 
     def act(self, state: dict, role: str, reply: str) -> None:

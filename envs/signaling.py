@@ -21,9 +21,17 @@ class SignalingGame(Game):
     roles = ("sender", "receiver")
     max_turns = 2
 
-    def __init__(self, seed: int = 0, num_objects: int = 4, objects: str = "numbers", shuffle: bool = False,
-                 message_chars: int = 16, solution_start: str = "<answer>", solution_end: str = "</answer>",
-                 **_tags: str) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        num_objects: int = 4,
+        objects: str = "numbers",
+        shuffle: bool = False,
+        message_chars: int = 16,
+        solution_start: str = "<answer>",
+        solution_end: str = "</answer>",
+        **_tags: str,
+    ) -> None:
         """``objects``: "numbers" (1, 2, ...: what the built-in tiny model already writes in its answer tags)
         or "words" (red, blue, ...: for real base models)."""
         if not 2 <= num_objects <= len(WORDS):

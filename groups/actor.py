@@ -60,8 +60,11 @@ class GroupActor:
         self._logged: tuple[dict, dict] = ({}, {})  # what reward functions logged while scoring (``_score``)
         self._rows_used = 0  # training rows taken from the env so far
         self.tokenizer = load_tokenizer(model_path)
-        self.dropped_prompts = 0 if self.env is None else self.env.drop_prompts(
-            lambda row: len(self._prompt_ids(row["prompt"])) <= self.hp["max_prompt_length"])
+        self.dropped_prompts = (
+            0
+            if self.env is None
+            else self.env.drop_prompts(lambda row: len(self._prompt_ids(row["prompt"])) <= self.hp["max_prompt_length"])
+        )
 
     def startup_report(self) -> dict:
         """What happened while building this group (rows dropped for over-long prompts)."""
@@ -103,8 +106,10 @@ class GroupActor:
         """A first prompt's token ids; an over-long one (a generated task's) is an error, never truncated."""
         ids = self._prompt_ids(prompt)
         if len(ids) > self.hp["max_prompt_length"]:
-            raise ValueError(f"group {self.name}: prompt of {len(ids)} tokens > max_prompt_length "
-                             f"{self.hp['max_prompt_length']}: {prompt!r:.80}...")
+            raise ValueError(
+                f"group {self.name}: prompt of {len(ids)} tokens > max_prompt_length "
+                f"{self.hp['max_prompt_length']}: {prompt!r:.80}..."
+            )
         return ids
 
     def begin(self, step: int, rows: list[dict] | None = None) -> RolloutRequest | None:
@@ -112,18 +117,29 @@ class GroupActor:
         step), ``group_size`` episodes each; returns the first turn's request. A game agent gets its rows
         (game instances) from the coordinator and its turns through ``turn``, so it returns None."""
         hp = self.hp
-        sampling = {"max_new_tokens": hp["max_completion_length"], "temperature": hp["temperature"],
-                    "top_p": hp["top_p"], "seed": step_seed(self.plan.seed, step), "greedy": False}
+        sampling = {
+            "max_new_tokens": hp["max_completion_length"],
+            "temperature": hp["temperature"],
+            "top_p": hp["top_p"],
+            "seed": step_seed(self.plan.seed, step),
+            "greedy": False,
+        }
         if rows is None:  # the next rows: however prompts_per_step changed (reallocate), none skipped or repeated
             rows = self.env.rows_from(self._rows_used, hp["prompts_per_step"], step)
             self._rows_used += hp["prompts_per_step"]
         return self._begin(rows, hp["group_size"], sampling)
 
-    def begin_eval(self, n: int, temperature: float = 0.0, samples: int = 1,
-                   rows: list[dict] | None = None) -> RolloutRequest | None:
+    def begin_eval(
+        self, n: int, temperature: float = 0.0, samples: int = 1, rows: list[dict] | None = None
+    ) -> RolloutRequest | None:
         """Held-out episodes: greedy (``temperature == 0``) or fixed-seed sampling, the same seed every time."""
-        sampling = {"max_new_tokens": self.hp["max_completion_length"], "temperature": temperature or 1.0,
-                    "top_p": 1.0, "seed": step_seed(self.plan.seed, -1), "greedy": temperature == 0}
+        sampling = {
+            "max_new_tokens": self.hp["max_completion_length"],
+            "temperature": temperature or 1.0,
+            "top_p": 1.0,
+            "seed": step_seed(self.plan.seed, -1),
+            "greedy": temperature == 0,
+        }
         if rows is None:
             rows = self.env.eval_rows(n)
         return self._begin(rows, 1 if temperature == 0 else samples, sampling)
@@ -154,8 +170,11 @@ class GroupActor:
             for e, text in replies.items():
                 turn = self.env.step(self._states[e], text)
                 self._env_rewards[e] += turn.reward
-                if not turn.done and turn.observation is not None and \
-                        self._episodes.transcripts[e].turns < self.env.max_turns:
+                if (
+                    not turn.done
+                    and turn.observation is not None
+                    and self._episodes.transcripts[e].turns < self.env.max_turns
+                ):
                     observations[e] = turn.observation
             if observations:
                 self._turn += 1
@@ -178,15 +197,19 @@ class GroupActor:
         rows = [eps.rows[t.row] for t in eps.transcripts]
         prompts = [t.prompt for t in eps.transcripts]
         completions = eps.completions()
-        columns = {k: [row.get(k) for row in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")}
+        columns = {
+            k: [row.get(k) for row in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")
+        }
         env_rewards = env_rewards if env_rewards is not None else self._env_rewards
         if env_rewards is not None:
             columns["env_reward"] = list(env_rewards)
         self._logged = ({}, {})  # log_metric: name -> values; log_extra: column -> one value per completion
-        columns.update(completion_ids=[list(t.ids) for t in eps.transcripts],
-                       trainer_state=TrainerState(global_step=step - 1, max_steps=self.plan.steps),
-                       log_metric=lambda name, value: self._logged[0].setdefault(str(name), []).append(float(value)),
-                       log_extra=lambda column, values: self._logged[1].__setitem__(str(column), list(values)))
+        columns.update(
+            completion_ids=[list(t.ids) for t in eps.transcripts],
+            trainer_state=TrainerState(global_step=step - 1, max_steps=self.plan.steps),
+            log_metric=lambda name, value: self._logged[0].setdefault(str(name), []).append(float(value)),
+            log_extra=lambda column, values: self._logged[1].__setitem__(str(column), list(values)),
+        )
         scored = score(self.reward_fns, prompts, completions, columns)
         correct = [math.nan] * len(prompts)
         if success is not None:
@@ -232,30 +255,63 @@ class GroupActor:
         if result.logp is not None and hp["num_iterations"] == 1:
             mismatch = masked_mean((result.logp - sampler_logp).abs(), mask)
         metrics = {
-            "step": step, "group": self.name, "cohort": self.plan.cohort, "adapter_version": served,
-            "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "step": step,
+            "group": self.name,
+            "cohort": self.plan.cohort,
+            "adapter_version": served,
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std()),
             **{f"reward/{k}": _nanmean(v) for k, v in scored.per_function.items()},
-            "reward_failures": len(scored.failures), "accuracy": _nanmean(correct),
-            "advantage_abs": float(advantages.abs().mean()), "loss": result.loss, "kl": result.kl,
-            "clip_ratio": result.clip_ratio, "logprob_mismatch": mismatch, "is_weight_mean": result.is_weight_mean,
-            "grad_norm": result.grad_norm, "lr": hp["lr"], "temperature": hp["temperature"],
-            "beta": hp["beta"], "prompts_per_step": len(eps.rows),
-            "completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
+            "reward_failures": len(scored.failures),
+            "accuracy": _nanmean(correct),
+            "advantage_abs": float(advantages.abs().mean()),
+            "loss": result.loss,
+            "kl": result.kl,
+            "clip_ratio": result.clip_ratio,
+            "logprob_mismatch": mismatch,
+            "is_weight_mean": result.is_weight_mean,
+            "grad_norm": result.grad_norm,
+            "lr": hp["lr"],
+            "temperature": hp["temperature"],
+            "beta": hp["beta"],
+            "prompts_per_step": len(eps.rows),
+            "completion_len_mean": sum(lengths) / len(lengths),
+            "completion_len_max": max(lengths),
             "turns_mean": sum(turns) / len(turns),
             "truncated_frac": sum(t.finish_reason == "length" for t in eps.transcripts) / len(lengths),
-            "time/rollout_s": eps.rollout_seconds, "time/train_s": train_s, "time/publish_s": publish_s,
+            "time/rollout_s": eps.rollout_seconds,
+            "time/train_s": train_s,
+            "time/publish_s": publish_s,
             "reward_log": json.dumps({k: sum(v) / len(v) for k, v in self._logged[0].items()}),
         }
-        samples = [{
-            "step": step, "group": self.name, "prompt_index": i // G, "sample_index": i % G,
-            **self._sample_text(t), "answer": str(eps.rows[t.row].get("answer")), "reward": scored.total[i],
-            **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
-            "correct": correct[i], "advantage": float(advantages[i]), "finish_reason": t.finish_reason,
-            "completion_tokens": lengths[i], "turns": t.turns, "adapter_version": t.adapter_version,
-            "reward_log": json.dumps({k: v[i] if i < len(v) else None for k, v in self._logged[1].items()}, default=str),
-        } for i, t in enumerate(eps.transcripts)]
-        return {"metrics": metrics, "samples": samples, "failures": scored.failures,
-                "skipped": result.reason if result.skipped else None}
+        samples = [
+            {
+                "step": step,
+                "group": self.name,
+                "prompt_index": i // G,
+                "sample_index": i % G,
+                **self._sample_text(t),
+                "answer": str(eps.rows[t.row].get("answer")),
+                "reward": scored.total[i],
+                **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
+                "correct": correct[i],
+                "advantage": float(advantages[i]),
+                "finish_reason": t.finish_reason,
+                "completion_tokens": lengths[i],
+                "turns": t.turns,
+                "adapter_version": t.adapter_version,
+                "reward_log": json.dumps(
+                    {k: v[i] if i < len(v) else None for k, v in self._logged[1].items()}, default=str
+                ),
+            }
+            for i, t in enumerate(eps.transcripts)
+        ]
+        return {
+            "metrics": metrics,
+            "samples": samples,
+            "failures": scored.failures,
+            "skipped": result.reason if result.skipped else None,
+        }
 
     def _sample_text(self, t) -> dict:
         """Prompt and completion as text; a multi-turn completion keeps its turn markers."""
@@ -279,8 +335,13 @@ class GroupActor:
             attn.append([0] * (P - len(p)) + [1] * (len(p) + len(c)) + [0] * gap)
             mask.append(t.mask + [0.0] * gap)
             old.append(t.logprobs + [0.0] * gap)
-        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(attn), "P": P,
-                "mask": torch.tensor(mask), "old_logp": torch.tensor(old)}
+        return {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.tensor(attn),
+            "P": P,
+            "mask": torch.tensor(mask),
+            "old_logp": torch.tensor(old),
+        }
 
     # --- held-out evaluation ----------------------------------------------------------------------
 
@@ -289,16 +350,29 @@ class GroupActor:
         eps, n = self._episodes, self._episodes.n
         scored, correct = self._score(step, env_rewards, success)
         formatted = self.is_formatted(None, [completion_text(c) for c in eps.completions()])
-        return [{
-            "step": step, "group": self.name, "prompt_index": i // n, "sample_index": i % n,
-            **self._sample_text(t), "answer": str(eps.rows[t.row].get("answer")), "reward": scored.total[i],
-            **{f"reward/{k}": v[i] for k, v in scored.per_function.items()}, "correct": correct[i],
-            "format_ok": formatted[i], "turns": t.turns, "adapter_version": t.adapter_version,
-            "prompt_ids": t.prompt_ids, "completion_ids": t.ids, "logprobs": t.logprobs, "completion_mask": t.mask,
-        } for i, t in enumerate(eps.transcripts)]
+        return [
+            {
+                "step": step,
+                "group": self.name,
+                "prompt_index": i // n,
+                "sample_index": i % n,
+                **self._sample_text(t),
+                "answer": str(eps.rows[t.row].get("answer")),
+                "reward": scored.total[i],
+                **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
+                "correct": correct[i],
+                "format_ok": formatted[i],
+                "turns": t.turns,
+                "adapter_version": t.adapter_version,
+                "prompt_ids": t.prompt_ids,
+                "completion_ids": t.ids,
+                "logprobs": t.logprobs,
+                "completion_mask": t.mask,
+            }
+            for i, t in enumerate(eps.transcripts)
+        ]
 
 
 def _nanmean(values: list[float]) -> float:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return sum(vals) / len(vals) if vals else math.nan
-

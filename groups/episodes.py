@@ -12,8 +12,9 @@ trainer sees exactly what the sampler saw.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from engine.rollout.types import RolloutRequest, RolloutResult
 
@@ -42,8 +43,15 @@ class Transcript:
 class Episodes:
     """The transcripts of one step (or one evaluation) of one group, and the requests that extend them."""
 
-    def __init__(self, tokenizer, encode: Callable[[Any], list[int]], group: str, rows: list[dict], n: int,
-                 sampling: dict[str, Any]):
+    def __init__(
+        self,
+        tokenizer,
+        encode: Callable[[Any], list[int]],
+        group: str,
+        rows: list[dict],
+        n: int,
+        sampling: dict[str, Any],
+    ):
         """``n`` episodes per row; ``encode(prompt)`` gives a first prompt's token ids; ``sampling`` holds the
         ``RolloutRequest`` fields max_new_tokens, temperature, top_p, seed, greedy."""
         self.tokenizer, self.encode, self.group, self.rows, self.n = tokenizer, encode, group, rows, n
@@ -88,8 +96,9 @@ class Episodes:
             raise ValueError(f"group {self.group}: {len(texts)} completions for {len(self._asked)} episodes")
         eos = self.tokenizer.eos_token_id
         out = {}
-        for e, ids, lp, reason, text in zip(self._asked, result.completion_ids, result.logprobs,
-                                            result.finish_reasons, texts):
+        for e, ids, lp, reason, text in zip(
+            self._asked, result.completion_ids, result.logprobs, result.finish_reasons, texts
+        ):
             t = self.transcripts[e]
             t.ids += ids
             t.mask += [1.0] * len(ids)
@@ -107,8 +116,12 @@ class Episodes:
 
     def completions(self) -> list:
         """What reward functions get as ``completions``: the model's turns only (TRL's two formats)."""
-        return [[{"role": "assistant", "content": r} for r in t.replies] if isinstance(t.messages, list)
-                else "".join(t.replies) for t in self.transcripts]
+        return [
+            [{"role": "assistant", "content": r} for r in t.replies]
+            if isinstance(t.messages, list)
+            else "".join(t.replies)
+            for t in self.transcripts
+        ]
 
     def _observation_ids(self, t: Transcript, text: str) -> list[int]:
         """Tokens between the model's last turn and its next turn: end of turn, user message, generation prompt."""
@@ -121,12 +134,12 @@ class Episodes:
         t.messages.append({"role": "user", "content": text})
         after = tok.apply_chat_template(t.messages, add_generation_prompt=True, tokenize=False)
         if after.startswith(before + reply):
-            delta = after[len(before) + len(reply):]
+            delta = after[len(before) + len(reply) :]
             eos_text = tok.eos_token or ""
             if t.stopped and eos_text and delta.startswith(eos_text):
-                delta = delta[len(eos_text):]  # the model already sampled the end-of-turn token
+                delta = delta[len(eos_text) :]  # the model already sampled the end-of-turn token
         else:  # a template that rewrites earlier turns: fall back to the rendered difference
-            delta = after[len(tok.apply_chat_template(t.messages[:-1], tokenize=False)):]
+            delta = after[len(tok.apply_chat_template(t.messages[:-1], tokenize=False)) :]
         return tok(delta, add_special_tokens=False)["input_ids"]
 
 

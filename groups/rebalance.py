@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass
@@ -56,9 +56,17 @@ def _ranked(cohort_members: list[str], scores: dict[str, float]) -> list[str]:
     return sorted((g for g in cohort_members if not math.isnan(scores[g])), key=lambda g: -scores[g])
 
 
-def exploit_explore(scores: dict[str, float], cohorts: dict[str, str], hparams: dict[str, dict], threshold: float,
-                    rng: random.Random, quantile_fraction: float = 0.25, perturbation_factors=(0.8, 1.2),
-                    perturb=("lr", "temperature", "beta"), **_) -> list[Decision]:
+def exploit_explore(
+    scores: dict[str, float],
+    cohorts: dict[str, str],
+    hparams: dict[str, dict],
+    threshold: float,
+    rng: random.Random,
+    quantile_fraction: float = 0.25,
+    perturbation_factors=(0.8, 1.2),
+    perturb=("lr", "temperature", "beta"),
+    **_,
+) -> list[Decision]:
     """Trailing groups copy a top donor (weights, optimizer, hyper-parameters), then perturb."""
     gaps = relative_gaps(scores, cohorts)
     decisions = []
@@ -74,13 +82,31 @@ def exploit_explore(scores: dict[str, float], cohorts: dict[str, str], hparams: 
             for key in perturb:
                 new[key] = new[key] * rng.choice(list(perturbation_factors))
             changed = sorted(k for k in new if new[k] != hparams[g][k])
-            decisions.append(Decision("exploit_explore", g, donor, gap, scores[g], scores[donor],
-                                      old={g: {k: hparams[g][k] for k in changed}}, new={g: {k: new[k] for k in changed}}))
+            decisions.append(
+                Decision(
+                    "exploit_explore",
+                    g,
+                    donor,
+                    gap,
+                    scores[g],
+                    scores[donor],
+                    old={g: {k: hparams[g][k] for k in changed}},
+                    new={g: {k: new[k] for k in changed}},
+                )
+            )
     return decisions
 
 
-def reallocate(scores: dict[str, float], cohorts: dict[str, str], hparams: dict[str, dict], threshold: float,
-               rng: random.Random, reallocate_prompts: int = 1, min_prompts_per_step: int = 1, **_) -> list[Decision]:
+def reallocate(
+    scores: dict[str, float],
+    cohorts: dict[str, str],
+    hparams: dict[str, dict],
+    threshold: float,
+    rng: random.Random,
+    reallocate_prompts: int = 1,
+    min_prompts_per_step: int = 1,
+    **_,
+) -> list[Decision]:
     """Move rollout budget (prompts per step) from trailing groups to their cohort's best."""
     gaps = relative_gaps(scores, cohorts)
     budget = {g: hparams[g]["prompts_per_step"] for g in hparams}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rewards.text import completion_text, extract_answer, parse_number
 
@@ -155,7 +156,9 @@ def env_reward() -> RewardFn:
 
     def reward(prompts: list, completions: list, **kwargs: Any) -> list[float | None]:
         if "env_reward" not in kwargs:
-            raise KeyError("env_reward: this env gives no env_reward column (use it with guess, signaling or negotiation)")
+            raise KeyError(
+                "env_reward: this env gives no env_reward column (use it with guess, signaling or negotiation)"
+            )
         return [None if r is None else float(r) for r in kwargs["env_reward"]]
 
     return _named(reward, "env_reward")

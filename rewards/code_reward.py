@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from rewards.sandbox import SandboxResult, run_sandboxed
 from rewards.text import completion_text, extract_answer
@@ -20,7 +21,12 @@ from rewards.text import completion_text, extract_answer
 RewardFn = Callable[..., list[float | None]]
 
 DEFAULT_FAILURE_REWARDS: dict[str, float] = {
-    "timeout": -1.0, "memory": -1.0, "forbidden": -1.0, "crash": -1.0, "error": 0.0, "no_code": 0.0,
+    "timeout": -1.0,
+    "memory": -1.0,
+    "forbidden": -1.0,
+    "crash": -1.0,
+    "error": 0.0,
+    "no_code": 0.0,
 }
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _WORKERS = 2  # each run is its own process; the sandbox is meant to stay light on the host
@@ -92,13 +98,18 @@ def code_exec(
         if code is None:
             return failure["no_code"]
         result: SandboxResult = run_sandboxed(
-            code, [str(t["call"]) for t in tests], timeout_s=timeout_s, memory_mb=memory_mb,
-            cpu_s=max(1, int(timeout_s + 0.999)), weaker_ok=weaker_sandbox,
+            code,
+            [str(t["call"]) for t in tests],
+            timeout_s=timeout_s,
+            memory_mb=memory_mb,
+            cpu_s=max(1, int(timeout_s + 0.999)),
+            weaker_ok=weaker_sandbox,
         )
         if result.status != "ok":
             return failure[result.status]
         passed = sum(
-            1 for test, outcome in zip(tests, result.value or [])
+            1
+            for test, outcome in zip(tests, result.value or [])
             if isinstance(outcome, dict) and outcome.get("ok") and outcome.get("value") == _normalized(test["expected"])
         )
         return passed / len(tests)

@@ -33,8 +33,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNSHARE_FLAGS = ("--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--net", "--ipc", "--uts",
-                 "--mount", "--mount-proc")
+UNSHARE_FLAGS = (
+    "--user",
+    "--map-root-user",
+    "--pid",
+    "--fork",
+    "--kill-child",
+    "--net",
+    "--ipc",
+    "--uts",
+    "--mount",
+    "--mount-proc",
+)
 MIN_LANDLOCK_ABI = 1  # file access rules; TCP rules (4) and scoping (6) are used when the kernel has them
 
 
@@ -51,7 +61,9 @@ def features() -> dict:
             done = subprocess.run([unshare, *UNSHARE_FLAGS, "true"], capture_output=True, timeout=10)
             namespaces = done.returncode == 0
             if not namespaces:
-                missing.append(f"user/pid/network/mount namespaces: {done.stderr.decode(errors='replace').strip()[:200]}")
+                missing.append(
+                    f"user/pid/network/mount namespaces: {done.stderr.decode(errors='replace').strip()[:200]}"
+                )
         except (OSError, subprocess.TimeoutExpired) as e:
             missing.append(f"user/pid/network/mount namespaces: {e}")
     abi = landlock_abi()

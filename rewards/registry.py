@@ -12,9 +12,10 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from rewards.builtin import answer_exact, answer_numeric, env_reward, format_approx, format_exact, length_penalty
 from rewards.code_reward import code_exec
@@ -34,8 +35,9 @@ class RewardLoadError(ValueError):
     """A reward named in the config cannot be built: unknown name, bad spec or bad params."""
 
 
-def load_reward(name: str, params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None,
-                search: Sequence[str] = ()) -> Callable:
+def load_reward(
+    name: str, params: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, search: Sequence[str] = ()
+) -> Callable:
     """Return the reward callable for ``name``.
 
     Args:
@@ -80,12 +82,17 @@ def _load_user(spec: str, params: dict[str, Any], search: Sequence[str] = ()) ->
             module = _import(module_part, search)
     except Exception as e:  # noqa: BLE001 - any import failure is reported with the spec
         where = f" (looked in {', '.join(search)} and the installed packages)" if search else ""
-        raise RewardLoadError(f"reward spec {spec!r}: cannot import {module_part!r}{where}: {type(e).__name__}: {e}") from e
+        raise RewardLoadError(
+            f"reward spec {spec!r}: cannot import {module_part!r}{where}: {type(e).__name__}: {e}"
+        ) from e
     if not hasattr(module, attr):
         own = module_part.split(".")[0] in LORAPOP_PACKAGES and not _is_users(module, search)
-        hint = (f"; {module_part!r} is lorapop's own module, and no {module_part.split('.')[0]}.py of yours was found"
-                f"{' in ' + ', '.join(search) if search else ''}: rename your file or use 'path/to/file.py:{attr}'"
-                if own else "")
+        hint = (
+            f"; {module_part!r} is lorapop's own module, and no {module_part.split('.')[0]}.py of yours was found"
+            f"{' in ' + ', '.join(search) if search else ''}: rename your file or use 'path/to/file.py:{attr}'"
+            if own
+            else ""
+        )
         raise RewardLoadError(f"reward spec {spec!r}: module {module_part!r} has no attribute {attr!r}{hint}")
     fn = getattr(module, attr)
     if not callable(fn):
@@ -95,7 +102,9 @@ def _load_user(spec: str, params: dict[str, Any], search: Sequence[str] = ()) ->
     try:
         reward = fn(**params)
     except Exception as e:  # noqa: BLE001 - a failing user factory is a load error, with its cause
-        raise RewardLoadError(f"reward spec {spec!r}: factory call with {params} failed: {type(e).__name__}: {e}") from e
+        raise RewardLoadError(
+            f"reward spec {spec!r}: factory call with {params} failed: {type(e).__name__}: {e}"
+        ) from e
     if not callable(reward):
         raise RewardLoadError(f"reward spec {spec!r}: factory returned a {type(reward).__name__}, not a callable")
     if not hasattr(reward, "__name__"):  # e.g. functools.partial or a callable object
@@ -162,8 +171,11 @@ def _user_module(top: str, search: Sequence[str]) -> Path | None:
 
 def _is_users(module: Any, search: Sequence[str]) -> bool:
     path = getattr(module, "__file__", None)
-    return path is not None and not _lorapops(Path(path).resolve()) and \
-        any(Path(path).resolve().is_relative_to(Path(f).resolve()) for f in search)
+    return (
+        path is not None
+        and not _lorapops(Path(path).resolve())
+        and any(Path(path).resolve().is_relative_to(Path(f).resolve()) for f in search)
+    )
 
 
 def _import_file(path: Path) -> Any:
@@ -177,7 +189,8 @@ def _import_file(path: Path) -> Any:
     if module_name in sys.modules:
         return sys.modules[module_name]
     file_spec = importlib.util.spec_from_file_location(
-        module_name, path, submodule_search_locations=[str(path.parent)] if package else None)
+        module_name, path, submodule_search_locations=[str(path.parent)] if package else None
+    )
     if file_spec is None or file_spec.loader is None:
         raise ImportError(f"cannot load {path} as a module")
     module = importlib.util.module_from_spec(file_spec)

@@ -45,16 +45,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from rewards import kernel_sandbox
 
 Status = Literal["ok", "timeout", "memory", "forbidden", "error", "crash"]
 
 DEFAULT_ALLOWED: frozenset[str] = frozenset(
-    {"math", "random", "itertools", "functools", "collections", "heapq", "bisect", "re", "string",
-     "statistics", "fractions", "decimal", "operator", "typing", "dataclasses"}
+    {
+        "math",
+        "random",
+        "itertools",
+        "functools",
+        "collections",
+        "heapq",
+        "bisect",
+        "re",
+        "string",
+        "statistics",
+        "fractions",
+        "decimal",
+        "operator",
+        "typing",
+        "dataclasses",
+    }
 )
 
 _OUTPUT_CAP = 64 * 1024  # bytes of child stdout kept (the tail); the result line must fit
@@ -92,13 +108,20 @@ def kernel_plan(weaker_ok: bool = False) -> dict | None:
     when ``weaker_ok``); raises ``SandboxUnavailable`` naming what is missing otherwise."""
     have = kernel_sandbox.features()
     if have["missing"] and not weaker_ok:
-        raise SandboxUnavailable("the kernel sandbox for model-written code is not available here: "
-                                 + "; ".join(have["missing"]) + ". Set the code_exec reward's weaker_sandbox: true "
-                                 "to run with what there is")
+        raise SandboxUnavailable(
+            "the kernel sandbox for model-written code is not available here: "
+            + "; ".join(have["missing"])
+            + ". Set the code_exec reward's weaker_sandbox: true "
+            "to run with what there is"
+        )
     if not have["namespaces"]:
         return None
-    return {"landlock": have["landlock"], "seccomp": have["seccomp"], "reads": kernel_sandbox.read_roots(),
-            "tmpfs_mb": _TMPFS_MB}
+    return {
+        "landlock": have["landlock"],
+        "seccomp": have["seccomp"],
+        "reads": kernel_sandbox.read_roots(),
+        "tmpfs_mb": _TMPFS_MB,
+    }
 
 
 def run_sandboxed(
@@ -128,9 +151,18 @@ def run_sandboxed(
     nonce = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix="lorapop-sandbox-")
     request = {
-        "code": code, "calls": calls, "single": isinstance(call, str), "nonce": nonce, "workdir": workdir,
-        "allowed": sorted(allowed_imports), "memory_mb": int(memory_mb), "cpu_s": int(cpu_s),
-        "fsize": _FILE_SIZE_LIMIT, "nofile": _OPEN_FILES_LIMIT, "cap": _OUTPUT_CAP - 1024, "kernel": kernel,
+        "code": code,
+        "calls": calls,
+        "single": isinstance(call, str),
+        "nonce": nonce,
+        "workdir": workdir,
+        "allowed": sorted(allowed_imports),
+        "memory_mb": int(memory_mb),
+        "cpu_s": int(cpu_s),
+        "fsize": _FILE_SIZE_LIMIT,
+        "nofile": _OPEN_FILES_LIMIT,
+        "cap": _OUTPUT_CAP - 1024,
+        "kernel": kernel,
         "guards": bool(python_guards),
     }
     start = time.monotonic()
@@ -142,8 +174,13 @@ def run_sandboxed(
             argv = kernel_sandbox.namespace_command(argv)
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            cwd=workdir, env=_CHILD_ENV, start_new_session=True, close_fds=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=workdir,
+            env=_CHILD_ENV,
+            start_new_session=True,
+            close_fds=True,
         )
         try:
             proc.stdin.write(json.dumps(request).encode())  # the child reads all of stdin first thing

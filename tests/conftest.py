@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """``lorapop ARGS`` in a fresh process, as a user runs it (``env`` adds variables)."""
     env = {**{k: v for k, v in os.environ.items() if k != "LORAPOP_FAULTS"}, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 TEST_BASE_ENV = "LORAPOP_TEST_BASE_MODEL"

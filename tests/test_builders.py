@@ -2,18 +2,30 @@
 
 from engine.builders import accuracy_fn, build_rewards
 
-TAGS = {"reasoning_start": "<think>", "reasoning_end": "</think>", "solution_start": "<SOLUTION>", "solution_end": "</SOLUTION>"}
+TAGS = {
+    "reasoning_start": "<think>",
+    "reasoning_end": "</think>",
+    "solution_start": "<SOLUTION>",
+    "solution_end": "</SOLUTION>",
+}
 
 
 def test_accuracy_is_numeric_or_exact_between_the_groups_tags():
     correct = accuracy_fn(TAGS)
-    completions = ["<SOLUTION>12.0</SOLUTION>", "<SOLUTION>Paris</SOLUTION>", "<answer>4</answer>",
-                   [{"role": "assistant", "content": "<SOLUTION>1,000</SOLUTION>"}], "<SOLUTION>5</SOLUTION>"]
+    completions = [
+        "<SOLUTION>12.0</SOLUTION>",
+        "<SOLUTION>Paris</SOLUTION>",
+        "<answer>4</answer>",
+        [{"role": "assistant", "content": "<SOLUTION>1,000</SOLUTION>"}],
+        "<SOLUTION>5</SOLUTION>",
+    ]
     assert correct(None, completions, answer=["12", "Paris", "4", "1000", None]) == [1.0, 1.0, 0.0, 1.0, None]
 
 
 def test_reward_names_are_unique_and_tags_reach_builtins():
-    fns = build_rewards([{"name": "format_exact", "weight": 2.0, "params": {}}, {"name": "format_exact", "params": {}}], TAGS)
+    fns = build_rewards(
+        [{"name": "format_exact", "weight": 2.0, "params": {}}, {"name": "format_exact", "params": {}}], TAGS
+    )
     assert [(n, w) for n, _, w in fns] == [("format_exact", 2.0), ("format_exact_2", 1.0)]
     fn = fns[0][1]
     assert fn(None, ["<think>a</think><SOLUTION>1</SOLUTION>", "<think>a</think><answer>1</answer>"]) == [1.0, 0.0]
@@ -30,13 +42,19 @@ def test_a_cohorts_replicas_train_apart_and_are_evaluated_on_one_held_out_set(tm
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n" for i in range(40)))
-    cfg = RunConfig.model_validate({"groups": [
-        {"name": "med", "num_groups": 3, "env": {"type": "medical", "difficulty": 0}},
-        {"name": "ds", "num_groups": 2, "env": {"type": "dataset", "path": str(data), "eval_fraction": 0.2}},
-    ]})
+    cfg = RunConfig.model_validate(
+        {
+            "groups": [
+                {"name": "med", "num_groups": 3, "env": {"type": "medical", "difficulty": 0}},
+                {"name": "ds", "num_groups": 2, "env": {"type": "dataset", "path": str(data), "eval_fraction": 0.2}},
+            ]
+        }
+    )
     plans = group_plans(cfg, Path(tmp_path))
     envs = {p.name: build_env(p.env, p.seed, p.tags, p.eval_seed) for p in plans}
-    questions = lambda rows: [r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"] for r in rows]
+    questions = lambda rows: [
+        r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"] for r in rows
+    ]
     med = [envs[f"med-{k}"] for k in range(3)]
     assert len({tuple(questions(e.batch(1, 4))) for e in med}) == 3  # each replica its own training stream
     assert len({tuple(questions(e.eval_rows(8))) for e in med}) == 1  # one held-out set

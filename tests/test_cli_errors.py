@@ -44,11 +44,14 @@ def check_fails(result, *needles: str):
         assert n in result.output, f"{n!r} not in:\n{result.output}"
 
 
-@pytest.mark.parametrize("extra, needles", [
-    ("bogus_key: 1\n", ["bogus_key", "unknown key"]),
-    ("eval_prompts: lots\n", ["eval_prompts", "integer"]),
-    ("grpo: {group_size: 1}\n", ["groups.0.grpo.group_size", "greater than or equal to 2"]),
-])
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        ("bogus_key: 1\n", ["bogus_key", "unknown key"]),
+        ("eval_prompts: lots\n", ["eval_prompts", "integer"]),
+        ("grpo: {group_size: 1}\n", ["groups.0.grpo.group_size", "greater than or equal to 2"]),
+    ],
+)
 def test_bad_config_fields(tmp_path, existing_run, extra, needles):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(GOOD + extra)
@@ -74,11 +77,14 @@ def test_dataset_row_without_answer_names_file_and_line(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ("no_such_module_xyz:fn", "no_such_module_xyz"),
-    ("tests.reward_fixtures:missing_fn", "missing_fn"),
-    ("not_a_builtin", "not_a_builtin"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("no_such_module_xyz:fn", "no_such_module_xyz"),
+        ("tests.reward_fixtures:missing_fn", "missing_fn"),
+        ("not_a_builtin", "not_a_builtin"),
+    ],
+)
 def test_unimportable_reward_names_the_spec(tmp_path, spec, needle):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(GOOD + f"    rewards: [{{name: '{spec}'}}]\n")
@@ -105,32 +111,78 @@ def test_bad_cli_arguments(tmp_path):
     check_fails(invoke("leaderboard", str(tmp_path)), "no leaderboard")
 
 
-@pytest.mark.parametrize("what, write, needles", [
-    ("latin-1 config", lambda p: p.write_bytes("steps: 2\n# caf\xe9\n".encode("latin-1")), ["bad.yaml", "not a UTF-8"]),
-    ("binary garbage", lambda p: p.write_bytes(bytes(range(256)) * 4), ["bad.yaml"]),
-    ("base_model is no path", lambda p: p.write_text(GOOD + "base_model: /no/such/model/dir\n"),
-     ["base_model", "/no/such/model/dir", "downloads nothing"]),
-    ("base_model without config.json", lambda p: (p.parent / "empty_model").mkdir() or
-     p.write_text(GOOD + f"base_model: {p.parent / 'empty_model'}\n"), ["base_model", "no config.json"]),
-    ("CSV row with more fields than the header", lambda p: _dataset(p, "rows.csv", "question,answer\n1+1?,2\n2+2?,4,extra\n"),
-     ["rows.csv:3", "3 fields", "the header names 2"]),
-    ("the same, with prompt_column", lambda p: _dataset(p, "rows.csv", "text,answer\na,1\nb,2,x,y\n", "prompt_column: text, "),
-     ["rows.csv:3", "4 fields"]),
-    ("dataset not UTF-8", lambda p: _dataset(p, "rows.jsonl", '{"question": "caf\xe9", "answer": "1"}\n'.encode("latin-1")),
-     ["rows.jsonl", "not UTF-8"]),
-    ("every prompt longer than max_prompt_length", lambda p: _dataset(p, "rows.jsonl", '{"question": "%s", "answer": "1"}\n' % ("x " * 300),
-                                                                      grpo="grpo: {max_prompt_length: 64}\n"),
-     ["group a (env)", "longer than grpo.max_prompt_length = 64", "the shortest has"]),
-    ("a reward factory that raises", lambda p: ((p.parent / "facts.py").write_text("def make(k):\n    raise ValueError('k must be > 0')\n"),
-                                                p.write_text(GOOD + "    rewards: [{name: 'facts.py:make', params: {k: 0}}]\n")),
-     ["group a (rewards)", "k must be > 0"]),
-    ("a user module named like lorapop's, missing", lambda p: p.write_text(GOOD + "    rewards: [{name: 'rewards:mine'}]\n"),
-     ["'rewards' is lorapop's own module", "no rewards.py of yours"]),
-    ("an override of an unknown key", lambda p: (p.write_text(GOOD), ["grpo.nope=1"])[1], ["groups.0.grpo.nope", "unknown key"]),
-    ("an override of a bad value", lambda p: (p.write_text(GOOD), ["steps=many"])[1], ["steps", "integer"]),
-    ("an override through a list index out of range", lambda p: (p.write_text(GOOD), ["groups.3.name=x"])[1],
-     ["groups.3.name", "not an index"]),
-])
+@pytest.mark.parametrize(
+    "what, write, needles",
+    [
+        (
+            "latin-1 config",
+            lambda p: p.write_bytes("steps: 2\n# caf\xe9\n".encode("latin-1")),
+            ["bad.yaml", "not a UTF-8"],
+        ),
+        ("binary garbage", lambda p: p.write_bytes(bytes(range(256)) * 4), ["bad.yaml"]),
+        (
+            "base_model is no path",
+            lambda p: p.write_text(GOOD + "base_model: /no/such/model/dir\n"),
+            ["base_model", "/no/such/model/dir", "downloads nothing"],
+        ),
+        (
+            "base_model without config.json",
+            lambda p: (
+                (p.parent / "empty_model").mkdir() or p.write_text(GOOD + f"base_model: {p.parent / 'empty_model'}\n")
+            ),
+            ["base_model", "no config.json"],
+        ),
+        (
+            "CSV row with more fields than the header",
+            lambda p: _dataset(p, "rows.csv", "question,answer\n1+1?,2\n2+2?,4,extra\n"),
+            ["rows.csv:3", "3 fields", "the header names 2"],
+        ),
+        (
+            "the same, with prompt_column",
+            lambda p: _dataset(p, "rows.csv", "text,answer\na,1\nb,2,x,y\n", "prompt_column: text, "),
+            ["rows.csv:3", "4 fields"],
+        ),
+        (
+            "dataset not UTF-8",
+            lambda p: _dataset(p, "rows.jsonl", '{"question": "caf\xe9", "answer": "1"}\n'.encode("latin-1")),
+            ["rows.jsonl", "not UTF-8"],
+        ),
+        (
+            "every prompt longer than max_prompt_length",
+            lambda p: _dataset(
+                p,
+                "rows.jsonl",
+                '{"question": "%s", "answer": "1"}\n' % ("x " * 300),
+                grpo="grpo: {max_prompt_length: 64}\n",
+            ),
+            ["group a (env)", "longer than grpo.max_prompt_length = 64", "the shortest has"],
+        ),
+        (
+            "a reward factory that raises",
+            lambda p: (
+                (p.parent / "facts.py").write_text("def make(k):\n    raise ValueError('k must be > 0')\n"),
+                p.write_text(GOOD + "    rewards: [{name: 'facts.py:make', params: {k: 0}}]\n"),
+            ),
+            ["group a (rewards)", "k must be > 0"],
+        ),
+        (
+            "a user module named like lorapop's, missing",
+            lambda p: p.write_text(GOOD + "    rewards: [{name: 'rewards:mine'}]\n"),
+            ["'rewards' is lorapop's own module", "no rewards.py of yours"],
+        ),
+        (
+            "an override of an unknown key",
+            lambda p: (p.write_text(GOOD), ["grpo.nope=1"])[1],
+            ["groups.0.grpo.nope", "unknown key"],
+        ),
+        ("an override of a bad value", lambda p: (p.write_text(GOOD), ["steps=many"])[1], ["steps", "integer"]),
+        (
+            "an override through a list index out of range",
+            lambda p: (p.write_text(GOOD), ["groups.3.name=x"])[1],
+            ["groups.3.name", "not an index"],
+        ),
+    ],
+)
 def test_bad_input_is_exit_2_without_traceback_or_files(tmp_path, what, write, needles):
     """#12: checked in the driver before the run directory exists: exit 2, one message, nothing written.
     ``write`` writes the config (and its neighbours) and may return overrides for the command line."""
@@ -161,8 +213,11 @@ def test_a_dataset_path_given_on_the_command_line_is_relative_to_the_working_dir
     cfg, _ = load_config(tmp_path / "c.yaml", ["groups.0.env.path=sub/rows.jsonl"])
     assert cfg.groups[0].env.path == str(tmp_path / "sub" / "rows.jsonl")
     monkeypatch.chdir(tmp_path.parent)
-    check_fails(invoke("run", "groups.0.env={type: dataset, path: rows.jsonl}", "--run-dir", str(tmp_path / "new"), "-q"),
-                str(tmp_path.parent / "rows.jsonl"), "not found")
+    check_fails(
+        invoke("run", "groups.0.env={type: dataset, path: rows.jsonl}", "--run-dir", str(tmp_path / "new"), "-q"),
+        str(tmp_path.parent / "rows.jsonl"),
+        "not found",
+    )
 
 
 def test_run_dir_under_a_file_is_refused(tmp_path):

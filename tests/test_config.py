@@ -39,20 +39,23 @@ groups:
     assert (cfg.groups[1].grpo.lr, cfg.groups[1].grpo.group_size) == (0.01, 4)
 
 
-@pytest.mark.parametrize("text, field, words", [
-    (BASE + "bogus: 1\n", "bogus", "unknown key"),
-    (BASE + "    grpo: {temprature: 0.7}\n", "groups.0.grpo.temprature", "unknown key"),
-    (BASE.replace("steps: 3", "steps: many"), "steps", "integer"),
-    (BASE + "    grpo: {group_size: 1}\n", "groups.0.grpo.group_size", "greater than or equal to 2"),
-    (BASE + "    env: {type: dataset}\n", "groups.0.env.dataset.path", "Field required"),
-    (BASE + "    env: {type: nosuch}\n", "groups.0.env", "arithmetic, dataset, medical"),
-    ("groups: []\n", "groups", "at least 1"),
-    (BASE + "    grpo: {micro_batch_size: 4}\n", "groups.0.grpo", "training.micro_batch_tokens"),
-    (BASE + "training: {num_gpus_per_group: 0.1}\n", "training", "training.num_gpus"),
-    (BASE + "training: {micro_batch_tokens: -8}\n", "training.micro_batch_tokens", ">= 0"),
-    (BASE + "rollout: {engine_kwargs: {dtype: float16}}\n", "rollout.engine_kwargs", "'dtype'"),
-    (BASE + "rollout: {engine_kwargs: {max_loras: 3}}\n", "rollout.engine_kwargs", "'max_loras'"),
-])
+@pytest.mark.parametrize(
+    "text, field, words",
+    [
+        (BASE + "bogus: 1\n", "bogus", "unknown key"),
+        (BASE + "    grpo: {temprature: 0.7}\n", "groups.0.grpo.temprature", "unknown key"),
+        (BASE.replace("steps: 3", "steps: many"), "steps", "integer"),
+        (BASE + "    grpo: {group_size: 1}\n", "groups.0.grpo.group_size", "greater than or equal to 2"),
+        (BASE + "    env: {type: dataset}\n", "groups.0.env.dataset.path", "Field required"),
+        (BASE + "    env: {type: nosuch}\n", "groups.0.env", "arithmetic, dataset, medical"),
+        ("groups: []\n", "groups", "at least 1"),
+        (BASE + "    grpo: {micro_batch_size: 4}\n", "groups.0.grpo", "training.micro_batch_tokens"),
+        (BASE + "training: {num_gpus_per_group: 0.1}\n", "training", "training.num_gpus"),
+        (BASE + "training: {micro_batch_tokens: -8}\n", "training.micro_batch_tokens", ">= 0"),
+        (BASE + "rollout: {engine_kwargs: {dtype: float16}}\n", "rollout.engine_kwargs", "'dtype'"),
+        (BASE + "rollout: {engine_kwargs: {max_loras: 3}}\n", "rollout.engine_kwargs", "'max_loras'"),
+    ],
+)
 def test_bad_config_names_the_field(tmp_path, text, field, words):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, text))
@@ -75,7 +78,12 @@ def test_bad_overrides():
 def test_replicas_get_names_and_seeds(tmp_path):
     cfg, d = load_config(write(tmp_path, "seed: 5\ngroups:\n  - {name: a, num_groups: 3}\n  - {name: b, seed: 42}\n"))
     plans = group_plans(cfg, d)
-    assert [(p.name, p.cohort, p.seed) for p in plans] == [("a-0", "a", 5), ("a-1", "a", 6), ("a-2", "a", 7), ("b", "b", 42)]
+    assert [(p.name, p.cohort, p.seed) for p in plans] == [
+        ("a-0", "a", 5),
+        ("a-1", "a", 6),
+        ("a-2", "a", 7),
+        ("b", "b", 42),
+    ]
 
 
 def test_duplicate_group_names_rejected(tmp_path):
@@ -92,21 +100,31 @@ def test_every_shipped_config_validates():
 
 
 def test_explicit_cohort_groups_specs_together(tmp_path):
-    cfg, d = load_config(write(tmp_path, "groups:\n  - {name: a, num_groups: 2, cohort: c}\n  - {name: b, cohort: c}\n  - {name: z}\n"))
+    cfg, d = load_config(
+        write(tmp_path, "groups:\n  - {name: a, num_groups: 2, cohort: c}\n  - {name: b, cohort: c}\n  - {name: z}\n")
+    )
     assert [(p.name, p.cohort) for p in group_plans(cfg, d)] == [("a-0", "c"), ("a-1", "c"), ("b", "c"), ("z", "z")]
 
 
-@pytest.mark.parametrize("device, share, ckpt, expected", [
-    ("cpu", "auto", "auto", (True, False, 0)), ("cuda", "auto", "auto", (False, True, 32768)),
-    ("cuda", "true", "false", (True, False, 32768)), ("cuda", "true", "auto", (False, True, 32768)),
-    ("cpu", "false", "true", (False, True, 0))])
+@pytest.mark.parametrize(
+    "device, share, ckpt, expected",
+    [
+        ("cpu", "auto", "auto", (True, False, 0)),
+        ("cuda", "auto", "auto", (False, True, 32768)),
+        ("cuda", "true", "false", (True, False, 32768)),
+        ("cuda", "true", "auto", (False, True, 32768)),
+        ("cpu", "false", "true", (False, True, 0)),
+    ],
+)
 def test_trainer_defaults_per_device_unless_told(tmp_path, device, share, ckpt, expected):
     """cpu: prompts shared, one pass; cuda: activation checkpointing and 32768-token passes; checkpointing
     turns prompt sharing off (a shared prompt's KV cache is not recomputed)."""
     from engine.coordinator import resolve_training
 
-    cfg, _ = load_config(write(tmp_path, BASE), [f"training.device={device}", f"training.share_prompts={share}",
-                                                 f"training.gradient_checkpointing={ckpt}"])
+    cfg, _ = load_config(
+        write(tmp_path, BASE),
+        [f"training.device={device}", f"training.share_prompts={share}", f"training.gradient_checkpointing={ckpt}"],
+    )
     resolved = resolve_training(cfg.training.model_dump())
     assert resolved["device"] == device
     assert (resolved["share_prompts"], resolved["gradient_checkpointing"], resolved["micro_batch_tokens"]) == expected
@@ -121,8 +139,13 @@ def test_vllm_engine_is_sized_to_one_step_and_the_users_engine_kwargs_win():
     kw = engine_defaults(8 * 4 * 8)
     assert kw["max_num_seqs"] == 256
     assert kw["compilation_config"] == {"cudagraph_specialize_lora": False, "max_cudagraph_capture_size": 256}
-    assert engine_defaults(3)["max_num_seqs"] == 8 and engine_defaults(2048)["compilation_config"]["max_cudagraph_capture_size"] == 512
-    mine = engine_defaults(256, {"max_num_seqs": 64, "compilation_config": {"cudagraph_specialize_lora": True}, "enforce_eager": True})
+    assert (
+        engine_defaults(3)["max_num_seqs"] == 8
+        and engine_defaults(2048)["compilation_config"]["max_cudagraph_capture_size"] == 512
+    )
+    mine = engine_defaults(
+        256, {"max_num_seqs": 64, "compilation_config": {"cudagraph_specialize_lora": True}, "enforce_eager": True}
+    )
     assert mine["max_num_seqs"] == 64 and mine["enforce_eager"] is True
     assert mine["compilation_config"] == {"cudagraph_specialize_lora": True, "max_cudagraph_capture_size": 64}
     assert engine_defaults(256, {"compilation_config": 0})["compilation_config"] == 0  # a level: the user's as it is

@@ -48,8 +48,15 @@ LEARNING_STEPS = {"multiagent": 20, "multidomain": 16}
 
 def run_config(name: str, tmp_path_factory, base_model: str) -> Path:
     run_dir = tmp_path_factory.mktemp(name) / "run"
-    proc = run_cli("run", str(REPO / "configs" / f"{name}.yaml"), f"steps={LEARNING_STEPS[name]}",
-                   f"base_model={base_model}", "--run-dir", str(run_dir), "-q")
+    proc = run_cli(
+        "run",
+        str(REPO / "configs" / f"{name}.yaml"),
+        f"steps={LEARNING_STEPS[name]}",
+        f"base_model={base_model}",
+        "--run-dir",
+        str(run_dir),
+        "-q",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run_dir
 
@@ -98,8 +105,11 @@ def test_the_receiver_learns_to_pick_what_the_message_names(multiagent_run):
     samples = pd.read_parquet(multiagent_run / "samples")
     key = ["step", "prompt_index", "sample_index"]
     sent = samples[samples.group == "sender"].set_index(key)["completion"].map(_message)
-    picked = samples[samples.group == "receiver"].set_index(key)["completion"].map(
-        lambda c: (extract_answer(c, "<answer>", "</answer>") or "").strip().lower())
+    picked = (
+        samples[samples.group == "receiver"]
+        .set_index(key)["completion"]
+        .map(lambda c: (extract_answer(c, "<answer>", "</answer>") or "").strip().lower())
+    )
     follows = (sent == picked.reindex(sent.index)).groupby(level="step").mean()
     first, last = first_last(follows)
     print(f"receiver follows {first:.2f} -> {last:.2f}")
@@ -128,7 +138,11 @@ def test_every_domain_reward_rises_on_its_own_domain(multidomain_run):
         print(f"{group}: reward {first:.2f} -> {last:.2f}, exact format {f0:.2f} -> {f1:.2f}")
         assert last > first + 0.15, f"{group}: reward {first:.2f} -> {last:.2f}"
     samples = pd.read_parquet(multidomain_run / "samples")
-    system = {"medical": "Medical calculation.", "medical-vi": "Tính toán y khoa.", "legal": "Apply the rules given.",
-              "financial": "Finance math."}  # each group's prompts come from its own domain's task
+    system = {
+        "medical": "Medical calculation.",
+        "medical-vi": "Tính toán y khoa.",
+        "legal": "Apply the rules given.",
+        "financial": "Finance math.",
+    }  # each group's prompts come from its own domain's task
     for group, prompts in samples.groupby("group")["prompt"]:
         assert prompts.str.contains(system[group], regex=False).all(), group

@@ -25,9 +25,20 @@ def test_config_runs_two_steps(config: Path, tmp_path, tiny_model_path):
     cfg, _ = load_config(config, overrides)
     run_dir = tmp_path / "run"
     # small batches: this checks that each config runs, not that it learns
-    proc = run_cli("run", str(config), "steps=2", "eval_prompts=2", f"base_model={tiny_model_path}",
-                   "grpo.prompts_per_step=1", "grpo.group_size=2", "grpo.max_completion_length=24", *overrides,
-                   "--run-dir", str(run_dir), "-q")
+    proc = run_cli(
+        "run",
+        str(config),
+        "steps=2",
+        "eval_prompts=2",
+        f"base_model={tiny_model_path}",
+        "grpo.prompts_per_step=1",
+        "grpo.group_size=2",
+        "grpo.max_completion_length=24",
+        *overrides,
+        "--run-dir",
+        str(run_dir),
+        "-q",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = pd.read_parquet(run_dir / "steps")
     expected = sum(g.num_groups for g in cfg.groups)

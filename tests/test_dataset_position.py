@@ -11,8 +11,9 @@ def test_rows_continue_after_prompts_per_step_changes(tmp_path, tiny_model_path)
     from engine.loading import load_config
     from groups.actor import GroupActor
 
-    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n"
-                                                 for i in range(40)))
+    (tmp_path / "rows.jsonl").write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(40))
+    )
     (tmp_path / "c.yaml").write_text("""
 grpo: {prompts_per_step: 2, group_size: 2, max_completion_length: 8}
 groups:
@@ -31,7 +32,7 @@ groups:
     taken += questions(3) + questions(4)
     actor.set_hparams(prompts_per_step=1)
     taken += questions(5)
-    assert taken == epoch[:2 + 2 + 3 + 3 + 1] and actor.rows_used() == 11
+    assert taken == epoch[: 2 + 2 + 3 + 3 + 1] and actor.rows_used() == 11
     # a checkpoint's position: the same rows again from there
     actor.set_rows_used(4)
     assert questions(3) == epoch[4:5]

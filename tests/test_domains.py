@@ -28,11 +28,34 @@ CASES = [(d, k, lang) for d in DOMAINS for k in LEVELS for lang in LANGS]
 TABLE_TASK = {"medical": "dose_table", "legal": "fine_table", "financial": "rate_table"}
 
 # The rulebook as this test expects it: topic -> article, and a word its case must contain (en, vi).
-ARTICLE_OF = {"speed": 3, "red_light": 5, "helmet": 6, "seatbelt": 8, "phone": 9, "load": 11, "alcohol": 12, "parking": 15}
-CASE_WORD = {"speed": ("60", "60"), "red_light": ("red", "đỏ"), "helmet": ("head", "đầu"), "seatbelt": ("buckled", "cài"),
-             "phone": ("texted", "nhắn"), "load": ("8 t", "8 tấn"), "alcohol": ("breath", "cồn"), "parking": ("sidewalk", "vỉa hè")}
-ROUNDING = {"whole number": 0, "1 decimal": 1, "2 decimals": 2,
-            "số nguyên": 0, "1 chữ số thập phân": 1, "2 chữ số thập phân": 2}
+ARTICLE_OF = {
+    "speed": 3,
+    "red_light": 5,
+    "helmet": 6,
+    "seatbelt": 8,
+    "phone": 9,
+    "load": 11,
+    "alcohol": 12,
+    "parking": 15,
+}
+CASE_WORD = {
+    "speed": ("60", "60"),
+    "red_light": ("red", "đỏ"),
+    "helmet": ("head", "đầu"),
+    "seatbelt": ("buckled", "cài"),
+    "phone": ("texted", "nhắn"),
+    "load": ("8 t", "8 tấn"),
+    "alcohol": ("breath", "cồn"),
+    "parking": ("sidewalk", "vỉa hè"),
+}
+ROUNDING = {
+    "whole number": 0,
+    "1 decimal": 1,
+    "2 decimals": 2,
+    "số nguyên": 0,
+    "1 chữ số thập phân": 1,
+    "2 chữ số thập phân": 2,
+}
 
 
 def _rows(env: Env, steps: int = 25, n: int = 8) -> list[dict]:
@@ -159,7 +182,11 @@ def _check_answer(row: dict) -> None:
 def _params_in_question(row: dict) -> None:
     for key, value in row["params"].items():
         if isinstance(value, (int, float)):
-            assert re.search(rf"(?<![\d.]){re.escape(str(value))}(?!\.?\d)", row["question"]), (key, value, row["question"])
+            assert re.search(rf"(?<![\d.]){re.escape(str(value))}(?!\.?\d)", row["question"]), (
+                key,
+                value,
+                row["question"],
+            )
     if "date" in row["params"]:
         assert row["params"]["date"] in row["question"]
 
@@ -176,7 +203,10 @@ def test_answers_recomputed_from_params(domain, difficulty, language):
     max_chars = (TABLE_MAX_CHARS if difficulty == 0 else MAX_CHARS)[language]
     for row in rows:
         assert row["domain"] == domain and row["difficulty"] == difficulty and row["language"] == language
-        assert row["prompt"] == [{"role": "system", "content": env.system_prompt}, {"role": "user", "content": row["question"]}]
+        assert row["prompt"] == [
+            {"role": "system", "content": env.system_prompt},
+            {"role": "user", "content": row["question"]},
+        ]
         assert isinstance(row["answer"], str) and row["reasoning"] and row["answer"] in row["reasoning"]
         _check_answer(row)
         _params_in_question(row)
@@ -275,7 +305,7 @@ def test_table_questions_show_every_entry_and_contain_the_answer(domain, languag
             assert all(e[-2].replace("_", " ") in t for e, t in zip(table, titles, strict=True)), (table, titles)
         asked = row["params"]["asked"]
         if row["params"]["kind"] in ("forward", "article"):  # the name asked about is written as in the table
-            assert titles[[e[-2] for e in table].index(asked)] in q[shown.end():], q
+            assert titles[[e[-2] for e in table].index(asked)] in q[shown.end() :], q
         assert row["answer"] in q, (row["answer"], q)
         orders.add(tuple(sorted(range(len(table)), key=lambda i: table[i][-1])))
     assert len(orders) > 10  # entries are not listed by value
@@ -302,7 +332,9 @@ def test_table_system_prompt_does_not_ask_for_a_number_only(cls):
         assert "number only" not in level0 and "chỉ ghi số" not in level0, level0
         assert "<think>" in level0 and "<answer>" in level0
         assert _is_vietnamese(level0) == (language == "vi")
-        assert {cls(difficulty=k, language=language).system_prompt for k in (1, 2, 3)} == {cls(language=language).system_prompt}
+        assert {cls(difficulty=k, language=language).system_prompt for k in (1, 2, 3)} == {
+            cls(language=language).system_prompt
+        }
         assert cls(language=language).system_prompt != level0
     assert "name" in MedicalEnv(difficulty=0).system_prompt and "code" in FinancialEnv(difficulty=0).system_prompt
     assert "article number" in LegalEnv(difficulty=0).system_prompt

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 STEPS = 20
 
@@ -57,13 +57,34 @@ def e2e_run(tmp_path_factory, tiny_model_path):
 def test_run_directory_holds_every_table(e2e_run):
     run_dir, proc = e2e_run
     steps = pd.read_parquet(run_dir / "steps")
-    assert sorted(zip(steps["step"], steps["group"])) == sorted((s, g) for s in range(1, STEPS + 1) for g in ("arith", "data"))
-    for col in ["reward", "reward/format_exact", "accuracy", "kl", "loss", "grad_norm", "lr", "completion_len_mean",
-                "time/rollout_s", "time/train_s", "time/publish_s", "adapter_version"]:
+    assert sorted(zip(steps["step"], steps["group"])) == sorted(
+        (s, g) for s in range(1, STEPS + 1) for g in ("arith", "data")
+    )
+    for col in [
+        "reward",
+        "reward/format_exact",
+        "accuracy",
+        "kl",
+        "loss",
+        "grad_norm",
+        "lr",
+        "completion_len_mean",
+        "time/rollout_s",
+        "time/train_s",
+        "time/publish_s",
+        "adapter_version",
+    ]:
         assert col in steps.columns, col
     # each phase of the step, for benchmarks (bench/e2e.py prints their medians): they add up to no more than it
-    phases = ["time/begin_s", "time/generate_s", "time/observe_s", "time/prepare_s", "time/train_s",
-              "time/publish_s", "time/finish_s"]
+    phases = [
+        "time/begin_s",
+        "time/generate_s",
+        "time/observe_s",
+        "time/prepare_s",
+        "time/train_s",
+        "time/publish_s",
+        "time/finish_s",
+    ]
     assert (steps[phases] >= 0).all().all() and (steps[phases].sum(axis=1) <= steps["time/step_s"] + 1e-6).all()
     assert steps.groupby("group")["adapter_version"].apply(list).map(lambda v: sorted(v) == list(range(STEPS))).all()
     samples = pd.read_parquet(run_dir / "samples")
@@ -178,7 +199,9 @@ def test_a_groups_model_loads_from_the_run_directory_alone(e2e_run, tmp_path):
     run_dir, _ = e2e_run
     info = json.loads((run_dir / "run.json").read_text())
     board = pd.read_parquet(run_dir / "leaderboard.parquet")
-    assert set(board["base_model_path"]) == {info["base_model_path"]} and set(board["base_model"]) == {info["base_model"]}
+    assert set(board["base_model_path"]) == {info["base_model_path"]} and set(board["base_model"]) == {
+        info["base_model"]
+    }
     model, tok = load_group_model(run_dir, "arith")
     r = pd.read_parquet(run_dir / "evals").query("group == 'arith'").iloc[0]
     ids = torch.tensor([list(r["prompt_ids"]) + list(r["completion_ids"])])
@@ -209,7 +232,8 @@ def test_overlong_dataset_prompts_are_dropped_and_counted(tmp_path, tiny_model_p
         f.writelines(json.dumps(r) + "\n" for r in rows)
     (tmp_path / "c.yaml").write_text(
         "steps: 1\neval_prompts: 2\ngrpo: {prompts_per_step: 6, group_size: 2, max_prompt_length: 120, max_completion_length: 8}\n"
-        "groups:\n  - {name: d, env: {type: dataset, path: rows.jsonl}}\n")
+        "groups:\n  - {name: d, env: {type: dataset, path: rows.jsonl}}\n"
+    )
     proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "-q")
     assert proc.returncode == 0, proc.stderr
     events = pd.read_parquet(tmp_path / "run" / "events")

@@ -13,6 +13,7 @@ from envs.arithmetic import DEFAULT_SYSTEM_PROMPT, ArithmeticEnv
 from envs.base import make_prompt
 from envs.dataset import DatasetEnv, DatasetError, load_records
 
+
 def test_make_prompt_conversational_and_string():
     assert make_prompt("Hi?", "Sys") == [
         {"role": "system", "content": "Sys"},
@@ -90,8 +91,9 @@ def test_arithmetic_eval_differs_from_training():
 
 
 def test_arithmetic_solution_text_and_tags():
-    env = ArithmeticEnv(difficulty=1, reasoning_start="<r>", reasoning_end="</r>",
-                        solution_start="<s>", solution_end="</s>")
+    env = ArithmeticEnv(
+        difficulty=1, reasoning_start="<r>", reasoning_end="</r>", solution_start="<s>", solution_end="</s>"
+    )
     row = env.batch(0, 1)[0]
     assert env.solution_text(row) == f"<r>{row['reasoning']}</r><s>{row['answer']}</s>"
     assert "<r>" in env.system_prompt and "</s>" in env.system_prompt

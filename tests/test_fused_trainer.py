@@ -19,11 +19,26 @@ import torch
 from engine.grpo import aggregation_weights, clipped_token_loss, completion_logprobs, k3_kl, masked_mean
 from engine.importance import importance_weights
 from engine.models import peft_lora_config
-from engine.trainer.fused import (GroupBatch, LossSettings, Piece, assemble, fused_grpo_step, plan_micro_batches,
-                                  routed_logprobs)
+from engine.trainer.fused import (
+    GroupBatch,
+    LossSettings,
+    Piece,
+    assemble,
+    fused_grpo_step,
+    plan_micro_batches,
+    routed_logprobs,
+)
 from engine.trainer.multi_lora import MultiLoRALinear, MultiLoRAModel, Routing, row_segments
-from engine.trainer.slots import (SlotHParams, copy_slot, get_state, load_slot, save_slot, set_hparams, set_state,
-                                  state_dict)
+from engine.trainer.slots import (
+    SlotHParams,
+    copy_slot,
+    get_state,
+    load_slot,
+    save_slot,
+    set_hparams,
+    set_state,
+    state_dict,
+)
 
 torch.set_num_threads(1)
 MAX = {}  # measured max differences, printed at the end (pytest -s)
@@ -44,20 +59,55 @@ class Spec:
 
 
 SPECS = [
-    Spec("g0", 11, dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear"),
-         SlotHParams(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0, max_grad_norm=1.0),
-         LossSettings("grpo", max_len=6, beta=0.1, num_iterations=2), prompts=3, samples=2, P=5, L=6, adv_scale=1.0),
-    Spec("g1", 12, dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
-         SlotHParams(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01, max_grad_norm=0.5),
-         LossSettings("dr_grpo", max_len=8, temperature=0.7, is_correction=True, is_cap=1.5),
-         prompts=2, samples=3, P=8, L=8, adv_scale=5.0),
-    Spec("g2", 13, dict(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]),
-         SlotHParams(lr=5e-2, betas=(0.9, 0.99), weight_decay=0.0, max_grad_norm=1.0),
-         LossSettings("dapo", max_len=5, epsilon_high=0.28), prompts=2, samples=2, P=3, L=5, adv_scale=0.1),
+    Spec(
+        "g0",
+        11,
+        dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear"),
+        SlotHParams(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0, max_grad_norm=1.0),
+        LossSettings("grpo", max_len=6, beta=0.1, num_iterations=2),
+        prompts=3,
+        samples=2,
+        P=5,
+        L=6,
+        adv_scale=1.0,
+    ),
+    Spec(
+        "g1",
+        12,
+        dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
+        SlotHParams(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01, max_grad_norm=0.5),
+        LossSettings("dr_grpo", max_len=8, temperature=0.7, is_correction=True, is_cap=1.5),
+        prompts=2,
+        samples=3,
+        P=8,
+        L=8,
+        adv_scale=5.0,
+    ),
+    Spec(
+        "g2",
+        13,
+        dict(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        SlotHParams(lr=5e-2, betas=(0.9, 0.99), weight_decay=0.0, max_grad_norm=1.0),
+        LossSettings("dapo", max_len=5, epsilon_high=0.28),
+        prompts=2,
+        samples=2,
+        P=3,
+        L=5,
+        adv_scale=0.1,
+    ),
     # g2's twin in shape (rank, targets, rows), other settings: the two share one batched GEMM pair
-    Spec("g3", 14, dict(r=2, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
-         SlotHParams(lr=2e-2, betas=(0.8, 0.9), weight_decay=0.1, max_grad_norm=2.0),
-         LossSettings("grpo", max_len=6, beta=0.05), prompts=1, samples=4, P=4, L=6, adv_scale=2.0),
+    Spec(
+        "g3",
+        14,
+        dict(r=2, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        SlotHParams(lr=2e-2, betas=(0.8, 0.9), weight_decay=0.1, max_grad_norm=2.0),
+        LossSettings("grpo", max_len=6, beta=0.05),
+        prompts=1,
+        samples=4,
+        P=4,
+        L=6,
+        adv_scale=2.0,
+    ),
 ]
 
 
@@ -66,8 +116,14 @@ def base():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = LlamaForCausalLM(cfg).eval()
     model.requires_grad_(False)
     return model
@@ -83,8 +139,12 @@ def make_batch(base, spec: Spec, seed: int) -> GroupBatch:
         prompt = torch.randint(1, 300, (plen,), generator=g).tolist()
         for j in range(spec.samples):
             clen = spec.L if i == j == 0 else int(torch.randint(1, spec.L + 1, (1,), generator=g))
-            ids.append([0] * (spec.P - plen) + prompt + torch.randint(1, 300, (clen,), generator=g).tolist()
-                       + [0] * (spec.L - clen))
+            ids.append(
+                [0] * (spec.P - plen)
+                + prompt
+                + torch.randint(1, 300, (clen,), generator=g).tolist()
+                + [0] * (spec.L - clen)
+            )
             attn.append([0] * (spec.P - plen) + [1] * (plen + clen) + [0] * (spec.L - clen))
             m = [1.0] * clen + [0.0] * (spec.L - clen)
             if clen > 3 and j == 1:
@@ -106,6 +166,7 @@ def fused_model(base, specs: list[Spec]) -> MultiLoRAModel:
 
 
 # --- the reference: a group alone, as the former GroupActor.learn did it, with a PEFT model -------
+
 
 @dataclass
 class Reference:
@@ -131,8 +192,9 @@ def reference_learn(base, spec: Spec, b: GroupBatch, share_prompt: bool) -> Refe
     chunks = [slice(0, mask.size(0))]
 
     def logprobs(sl):
-        return completion_logprobs(model, b.input_ids[sl], b.attention_mask[sl], b.prompt_len, lo.temperature,
-                                   share_prompt=share_prompt)
+        return completion_logprobs(
+            model, b.input_ids[sl], b.attention_mask[sl], b.prompt_len, lo.temperature, share_prompt=share_prompt
+        )
 
     ref_logp = is_weights = None
     old = b.old_logp
@@ -159,9 +221,16 @@ def reference_learn(base, spec: Spec, b: GroupBatch, share_prompt: bool) -> Refe
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, spec.hp.max_grad_norm))
         optimizer.step()
     logp, clipped, kl = (torch.cat([p[i] for p in parts]) for i in range(3))
-    return Reference(model, optimizer, logp, float(sum(p[3] for p in parts)), masked_mean(kl, mask),
-                     masked_mean(clipped, mask), grad_norm,
-                     masked_mean(is_weights.expand_as(mask), mask) if is_weights is not None else math.nan)
+    return Reference(
+        model,
+        optimizer,
+        logp,
+        float(sum(p[3] for p in parts)),
+        masked_mean(kl, mask),
+        masked_mean(clipped, mask),
+        grad_norm,
+        masked_mean(is_weights.expand_as(mask), mask) if is_weights is not None else math.nan,
+    )
 
 
 def peft_named(model, what: str) -> dict[str, torch.Tensor]:
@@ -171,7 +240,9 @@ def peft_named(model, what: str) -> dict[str, torch.Tensor]:
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| relative to max |b| (absolute where b is 0)."""
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) if b.abs().max() > 0 else float((a - b).abs().max())
+    return (
+        float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) if b.abs().max() > 0 else float((a - b).abs().max())
+    )
 
 
 def note(key: str, value: float) -> None:
@@ -179,6 +250,7 @@ def note(key: str, value: float) -> None:
 
 
 # --- tests ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module", autouse=True)
 def report_max_differences():
@@ -204,16 +276,18 @@ def test_fused_step_equals_separate_peft_steps(base, batches, references, share_
     g2's twin in shape, whose rows go through one batched GEMM with g2's; different P, L, ranks, lrs,
     advantage scales) in one fused step: each gets exactly its own update."""
     if token_budget is not None:  # 50 really splits groups, 100 mixes whole groups in one micro-batch
-        plan = plan_micro_batches([(g, b.mask.size(0), b.prompt_len, b.mask.size(1), g) for g, b in enumerate(batches)],
-                                  token_budget)
+        plan = plan_micro_batches(
+            [(g, b.mask.size(0), b.prompt_len, b.mask.size(1), g) for g, b in enumerate(batches)], token_budget
+        )
         if token_budget == 50:
-            assert len(plan) > len(batches) and any(p.hi - p.lo < b.mask.size(0) for mb in plan for p in mb
-                                                    for b in [batches[p.group]])
+            assert len(plan) > len(batches) and any(
+                p.hi - p.lo < b.mask.size(0) for mb in plan for p in mb for b in [batches[p.group]]
+            )
         else:
             assert any(len({p.group for p in mb}) > 1 for mb in plan)
     model = fused_model(base, SPECS)
     results = fused_grpo_step(model, batches, token_budget=token_budget, share_prompt=share_prompt)
-    for spec, b, res, ref in zip(SPECS, batches, results, references[share_prompt]):
+    for spec, res, ref in zip(SPECS, results, references[share_prompt]):
         slot = model.slots[spec.name]
         assert not res.skipped
         note("logp_abs", float((res.logp - ref.logp).abs().max()))
@@ -229,7 +303,9 @@ def test_fused_step_equals_separate_peft_steps(base, batches, references, share_
             note("weight_abs", float((value - after[key]).abs().max()))
             assert torch.allclose(value, after[key], atol=1e-5, rtol=1e-4), key
         # the optimizer moments too, parameter by parameter (same order as PEFT's)
-        for mine, theirs in zip(slot.optimizer.state_dict()["state"].values(), ref.optimizer.state_dict()["state"].values()):
+        for mine, theirs in zip(
+            slot.optimizer.state_dict()["state"].values(), ref.optimizer.state_dict()["state"].values()
+        ):
             assert torch.allclose(mine["exp_avg"], theirs["exp_avg"], atol=1e-7, rtol=1e-4)
             assert float(mine["step"]) == float(theirs["step"]) == spec.loss.num_iterations
         for field in ("loss", "kl", "clip_ratio", "grad_norm"):
@@ -269,24 +345,30 @@ def test_non_finite_group_is_skipped_alone(base, batches, fault):
     before = get_state(model.slots["g1"])
     results = fused_grpo_step(model, [batches[0], bad, batches[2]], token_budget=50)
     assert results[1].skipped and not results[0].skipped and not results[2].skipped
-    assert {"nan_advantages": "non-finite advantages", "overflow_forward": "(pass 0)",
-            "explodes_in_pass_1": "(pass 1)"}[fault] in results[1].reason
+    assert {
+        "nan_advantages": "non-finite advantages",
+        "overflow_forward": "(pass 0)",
+        "explodes_in_pass_1": "(pass 1)",
+    }[fault] in results[1].reason
     for res, exp in zip((results[0], results[2]), expected):
         assert (res.loss, res.grad_norm, res.kl, res.clip_ratio) == (exp.loss, exp.grad_norm, exp.kl, exp.clip_ratio)
         assert torch.equal(res.logp, exp.logp)
     for name in ("g0", "g2"):
         for key, value in state_dict(alone.slots[name]).items():
             assert torch.equal(value, state_dict(model.slots[name])[key]), (name, key)
-        for mine, theirs in zip(model.slots[name].optimizer.state_dict()["state"].values(),
-                                alone.slots[name].optimizer.state_dict()["state"].values()):
+        for mine, theirs in zip(
+            model.slots[name].optimizer.state_dict()["state"].values(),
+            alone.slots[name].optimizer.state_dict()["state"].values(),
+        ):
             assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     after = get_state(model.slots["g1"])
     assert all(torch.equal(before.adapter[k], after.adapter[k]) for k in before.adapter)
     assert after.optimizer["state"] == {}  # never stepped
 
 
-@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"], ["down_proj", "lm_head"],
-                                     r".*\.layers\.1\.self_attn\.(k|o)_proj"])
+@pytest.mark.parametrize(
+    "targets", ["all-linear", ["q_proj", "v_proj"], ["down_proj", "lm_head"], r".*\.layers\.1\.self_attn\.(k|o)_proj"]
+)
 def test_targets_state_dict_and_init_equal_peft(base, targets):
     """Same modules, same keys and shapes, and the same initial weights as ``torch.manual_seed(seed);
     get_peft_model(base, cfg)`` (what GroupActor does today). With ``lm_head`` targeted PEFT's "auto"
@@ -378,8 +460,11 @@ def test_shared_prompt_forward_never_merges_rows_of_different_slots(base, batche
             for p in model.slots[name].lora_B:
                 p.normal_(0, abs(scale), generator=torch.Generator().manual_seed(int(scale * 100) + 7))
         n = batches[0].mask.size(0)
-        mb = assemble([batches[0], b2], [Piece(0, 0, n, model.slots["g0"].sid), Piece(1, 0, n, model.slots["b"].sid)],
-                      model.device)
+        mb = assemble(
+            [batches[0], b2],
+            [Piece(0, 0, n, model.slots["g0"].sid), Piece(1, 0, n, model.slots["b"].sid)],
+            model.device,
+        )
         shared, full = routed_logprobs(model, mb, share_prompt=True), routed_logprobs(model, mb, share_prompt=False)
     note("shared_vs_full_logp_abs", float((shared - full).abs().max()))
     assert torch.allclose(shared, full, atol=1e-5, rtol=0)
@@ -417,7 +502,10 @@ def test_multi_lora_linear_rows_in_any_order_and_bf16_as_peft():
     for dtype in (torch.float32, torch.bfloat16):
         lin = torch.nn.Linear(16, 8).to(dtype).requires_grad_(False)
         layer = MultiLoRALinear(lin, Routing())
-        ab = {sid: (torch.nn.Parameter(torch.randn(r, 16)), torch.nn.Parameter(torch.randn(8, r))) for sid, r in ((0, 4), (1, 2))}
+        ab = {
+            sid: (torch.nn.Parameter(torch.randn(r, 16)), torch.nn.Parameter(torch.randn(8, r)))
+            for sid, r in ((0, 4), (1, 2))
+        }
         for sid, (a, b) in ab.items():
             layer.add(sid, a, b, 2.0 / a.size(0))
         x = torch.randn(5, 3, 16).to(dtype)
@@ -449,7 +537,7 @@ def test_multi_lora_linear_rows_in_any_order_and_bf16_as_peft():
                 peft.lora_A["s"].weight.copy_(a)
                 peft.lora_B["s"].weight.copy_(b)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                expected = peft(x[i:i + 1])[0]
+                expected = peft(x[i : i + 1])[0]
             assert torch.equal(y[i], expected), (dtype, i)
 
 
@@ -462,7 +550,9 @@ def test_batched_gemm_of_equal_slots_equals_one_slot_at_a_time():
     lin = torch.nn.Linear(16, 8).requires_grad_(False)
     layer = MultiLoRALinear(lin, Routing())
     ranks = {0: 4, 1: 4, 2: 4, 3: 2}
-    ab = {sid: (torch.nn.Parameter(torch.randn(r, 16)), torch.nn.Parameter(torch.randn(8, r))) for sid, r in ranks.items()}
+    ab = {
+        sid: (torch.nn.Parameter(torch.randn(r, 16)), torch.nn.Parameter(torch.randn(8, r))) for sid, r in ranks.items()
+    }
     for sid, (a, b) in ab.items():
         layer.add(sid, a, b, (1.0 + sid) / a.size(0))  # a scale per slot
     rows = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, -1])

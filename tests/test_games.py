@@ -34,7 +34,9 @@ def test_signaling_rewards_a_correct_pick_for_both_agents_and_routes_the_message
         return f"<answer>{text.split('Message: ')[1][:1]}</answer>"
 
     assert play(episodes, policy) == 2  # the sender's round, then the receiver's
-    assert all(f"Message: {row['target']}" + "x" * 15 in text for row, text in zip([r for r in rows for _ in "ab"], seen))
+    assert all(
+        f"Message: {row['target']}" + "x" * 15 in text for row, text in zip([r for r in rows for _ in "ab"], seen)
+    )
     rewards = episodes.rewards()
     assert rewards == {"alice": [1.0] * 10, "bob": [1.0] * 10}
     assert episodes.success() == [1.0] * 10
@@ -71,10 +73,10 @@ def test_negotiation_deal_splits_the_pot_and_no_deal_gives_nothing():
 def test_negotiation_an_offer_within_the_standing_one_closes_the_deal_on_it():
     game = NegotiationGame(min_pot=10, max_pot=10, max_turns=4)
     state = game.reset({"pot": 10})
-    game.act(state, "first", "<answer>6</answer>")   # leaves 4
+    game.act(state, "first", "<answer>6</answer>")  # leaves 4
     game.act(state, "second", "<answer>5</answer>")  # asks more than left: a counter-offer
     assert state["deal"] is None and state["offer"] == ("second", 5)
-    game.act(state, "first", "<answer>3</answer>")   # asks less than the 5 left: takes the 5
+    game.act(state, "first", "<answer>3</answer>")  # asks less than the 5 left: takes the 5
     assert game.to_move(state) is None and game.rewards(state) == {"first": 0.5, "second": 0.5}
     state = game.reset({"pot": 10})
     game.act(state, "first", "<answer>8</answer>")
@@ -113,14 +115,21 @@ def test_guess_env_answers_higher_lower_and_rewards_finding_it():
     assert env.batch(4, 3) == env.batch(4, 3) and env.batch(4, 3) != env.batch(5, 3)
 
 
-@pytest.mark.parametrize("groups, message", [
-    ("[{name: s, env: {type: signaling, role: sender}}]", "needs one group per role"),
-    ("[{name: s, env: {type: signaling, role: sender}}, {name: r, env: {type: signaling, role: receiver, num_objects: 3}}]",
-     "must agree on env"),
-    ("[{name: s, env: {type: signaling, role: sender}}, {name: r, env: {type: signaling, role: receiver}, grpo: {group_size: 4}}]",
-     "must agree on grpo.group_size"),
-    ("[{name: s, env: {type: signaling, role: sender}}, {name: r, env: {type: signaling, role: captain}}]", "role"),
-])
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        ("[{name: s, env: {type: signaling, role: sender}}]", "needs one group per role"),
+        (
+            "[{name: s, env: {type: signaling, role: sender}}, {name: r, env: {type: signaling, role: receiver, num_objects: 3}}]",
+            "must agree on env",
+        ),
+        (
+            "[{name: s, env: {type: signaling, role: sender}}, {name: r, env: {type: signaling, role: receiver}, grpo: {group_size: 4}}]",
+            "must agree on grpo.group_size",
+        ),
+        ("[{name: s, env: {type: signaling, role: sender}}, {name: r, env: {type: signaling, role: captain}}]", "role"),
+    ],
+)
 def test_bad_game_configs_name_the_problem(tmp_path, groups, message):
     from engine.loading import ConfigError, load_config
 

@@ -88,12 +88,21 @@ def test_completion_logprobs_ignores_left_padding():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).eval()
     prompt, completion = [5, 6, 7], [8, 9]
     alone = completion_logprobs(model, torch.tensor([prompt + completion]), torch.ones(1, 5, dtype=torch.long), 3, 1.0)
-    padded = completion_logprobs(model, torch.tensor([[0, 0] + prompt + completion]),
-                                 torch.tensor([[0, 0, 1, 1, 1, 1, 1]]), 5, 1.0)
+    padded = completion_logprobs(
+        model, torch.tensor([[0, 0] + prompt + completion]), torch.tensor([[0, 0, 1, 1, 1, 1, 1]]), 5, 1.0
+    )
     assert torch.allclose(alone, padded, atol=1e-5)
     logits = model(torch.tensor([prompt + completion])).logits[0]
     by_hand = [torch.log_softmax(logits[2], -1)[8].item(), torch.log_softmax(logits[3], -1)[9].item()]
@@ -103,13 +112,22 @@ def test_completion_logprobs_ignores_left_padding():
 def test_rows_sharing_a_prompt_share_its_forward_with_the_same_logprobs_and_gradients():
     """A GRPO group's samples share one prompt forward (KV cache gathered per row); values and LoRA
     gradients equal a full forward of every row, left padding and an unshared row included."""
-    import engine.grpo as grpo
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    import engine.grpo as grpo
+
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=2))
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=40,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
     prompts = torch.randint(1, 40, (3, 7))
     ids = torch.cat([prompts.repeat_interleave(4, 0), torch.randint(1, 40, (12, 5))], 1)  # [12, 7+5]
@@ -142,5 +160,5 @@ def test_aggregation_weights_let_micro_batches_add_up_to_the_full_loss(loss_type
     mask[:, 0] = 1.0
     full = LOSS_AGGREGATION[loss_type](loss, mask, 5)
     w = aggregation_weights(loss_type, mask, 5)
-    chunks = sum((loss[i:i + 4] * w[i:i + 4]).sum() for i in range(0, 6, 4))
+    chunks = sum((loss[i : i + 4] * w[i : i + 4]).sum() for i in range(0, 6, 4))
     assert float(chunks) == pytest.approx(float(full), abs=1e-6)

@@ -14,7 +14,9 @@ import pytest
 from rewards.kernel_sandbox import features
 from rewards.sandbox import SandboxResult, SandboxUnavailable, kernel_plan, run_sandboxed
 
-pytestmark = pytest.mark.skipif(bool(features()["missing"]), reason=f"kernel sandbox unavailable: {features()['missing']}")
+pytestmark = pytest.mark.skipif(
+    bool(features()["missing"]), reason=f"kernel sandbox unavailable: {features()['missing']}"
+)
 
 DEFINED = {"ok", "timeout", "memory", "forbidden", "error", "crash"}
 
@@ -45,7 +47,7 @@ def test_the_hosts_files_are_not_even_visible(tmp_path):
     os.symlink(secret, tmp_path / "link")
     code = f"""import os
 seen = []
-for what, fn in [("stat", lambda: os.stat({str(secret)!r})), ("readlink", lambda: os.readlink({str(tmp_path / 'link')!r})),
+for what, fn in [("stat", lambda: os.stat({str(secret)!r})), ("readlink", lambda: os.readlink({str(tmp_path / "link")!r})),
                  ("exists", lambda: os.path.exists({str(tmp_path)!r}) or os.path.exists("/etc/passwd") or None),
                  ("repo", lambda: os.path.exists({str(os.getcwd())!r}) or None)]:
     try:
@@ -63,9 +65,9 @@ def test_writing_outside_or_making_device_nodes_and_fifos_changes_nothing(tmp_pa
     code = f"""import os, stat
 done = []
 for what, fn in [("write", lambda: open({str(target)!r}, "w").write("x")),
-                 ("fifo", lambda: os.mkfifo({str(target) + '.fifo'!r})),
+                 ("fifo", lambda: os.mkfifo({str(target) + ".fifo"!r})),
                  ("device here", lambda: os.mknod("kmsg", stat.S_IFCHR | 0o600, os.makedev(1, 11))),
-                 ("device there", lambda: os.mknod({str(target) + '.dev'!r}, stat.S_IFCHR | 0o600, os.makedev(1, 3)))]:
+                 ("device there", lambda: os.mknod({str(target) + ".dev"!r}, stat.S_IFCHR | 0o600, os.makedev(1, 3)))]:
     try:
         fn()
         done.append(what)
@@ -140,7 +142,8 @@ except OSError as e:
 def test_memory_and_disk_are_bounded_for_the_whole_sandbox(tmp_path):
     mem = attempt("blocks = [bytearray(200 * 1024 * 1024) for _ in range(8)]", memory_mb=256)
     assert mem.status in ("memory", "error", "crash")
-    disk = attempt("""written = 0
+    disk = attempt(
+        """written = 0
 try:
     for i in range(200):
         with open(f"f{i}", "wb") as f:
@@ -148,7 +151,9 @@ try:
         written += 1
 except OSError:
     pass
-""", "written")
+""",
+        "written",
+    )
     assert disk.status == "ok" and disk.value < 20  # the tmpfs holds 16 MiB in all, not 1 MiB a file
 
 
@@ -173,8 +178,9 @@ while True:
 def test_a_host_without_the_kernel_sandbox_is_refused_unless_accepted(monkeypatch):
     import rewards.kernel_sandbox as ks
 
-    monkeypatch.setattr(ks, "features", lambda: {"namespaces": False, "landlock": 0, "seccomp": False,
-                                                  "missing": ["Landlock (test)"]})
+    monkeypatch.setattr(
+        ks, "features", lambda: {"namespaces": False, "landlock": 0, "seccomp": False, "missing": ["Landlock (test)"]}
+    )
     with pytest.raises(SandboxUnavailable, match="Landlock \\(test\\).*weaker_sandbox: true"):
         kernel_plan()
     assert kernel_plan(weaker_ok=True) is None
@@ -191,8 +197,9 @@ def test_code_exec_on_a_host_without_the_sandbox_is_a_config_error_unless_accept
     import rewards.kernel_sandbox as ks
     from rewards.registry import RewardLoadError, load_reward
 
-    monkeypatch.setattr(ks, "features", lambda: {"namespaces": False, "landlock": 0, "seccomp": False,
-                                                  "missing": ["namespaces (test)"]})
+    monkeypatch.setattr(
+        ks, "features", lambda: {"namespaces": False, "landlock": 0, "seccomp": False, "missing": ["namespaces (test)"]}
+    )
     with pytest.raises(RewardLoadError, match="code_exec.*namespaces \\(test\\).*weaker_sandbox"):
         load_reward("code_exec")
     fn = load_reward("code_exec", {"weaker_sandbox": True})
@@ -206,10 +213,17 @@ def test_each_code_exec_group_records_its_sandbox_and_a_weaker_one_is_said(monke
     import rewards.kernel_sandbox as ks
     from engine.coordinator import sandbox_events
 
-    plans = [SimpleNamespace(name="code", rewards=[{"name": "code_exec"}]), SimpleNamespace(name="sums", rewards=[{"name": "format_exact"}])]
+    plans = [
+        SimpleNamespace(name="code", rewards=[{"name": "code_exec"}]),
+        SimpleNamespace(name="sums", rewards=[{"name": "format_exact"}]),
+    ]
     said = []
     (row,) = sandbox_events(plans, said.append)
-    assert (row["group"], row["kind"]) == ("code", "sandbox") and row["detail"].startswith("kernel sandbox") and said == []
-    monkeypatch.setattr(ks, "features", lambda: {"namespaces": False, "landlock": 0, "seccomp": False, "missing": ["Landlock (test)"]})
+    assert (
+        (row["group"], row["kind"]) == ("code", "sandbox") and row["detail"].startswith("kernel sandbox") and said == []
+    )
+    monkeypatch.setattr(
+        ks, "features", lambda: {"namespaces": False, "landlock": 0, "seccomp": False, "missing": ["Landlock (test)"]}
+    )
     (row,) = sandbox_events(plans, said.append)
     assert "weaker sandbox" in row["detail"] and "Landlock (test)" in row["detail"] and len(said) == 1

@@ -30,7 +30,9 @@ def _run(tmp_path, model, mb, is_):
     return pd.read_parquet(run_dir / "steps").sort_values("step").reset_index(drop=True)
 
 
-def test_micro_batches_and_is_correction_leave_training_unchanged_when_sampler_and_trainer_agree(tmp_path, tiny_model_path):
+def test_micro_batches_and_is_correction_leave_training_unchanged_when_sampler_and_trainer_agree(
+    tmp_path, tiny_model_path
+):
     """Gradient accumulation adds up to the whole batch's loss; on the hf backend the sampler's and the
     trainer's log-probs agree (to ~1e-7), so the importance-sampling weights are ~1 and change nothing."""
     whole = _run(tmp_path, tiny_model_path, 0, False)

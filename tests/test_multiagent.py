@@ -81,8 +81,9 @@ def _logprobs(model, row) -> torch.Tensor:
         return completion_logprobs(model, ids, torch.ones_like(ids), len(row["prompt_ids"]), 1.0)[0]
 
 
-@pytest.mark.parametrize("group, other", [("receiver", "sender"), ("sender", "receiver"),
-                                          ("opener", "responder"), ("responder", "opener")])
+@pytest.mark.parametrize(
+    "group, other", [("receiver", "sender"), ("sender", "receiver"), ("opener", "responder"), ("responder", "opener")]
+)
 def test_each_agents_turns_were_generated_with_its_own_adapter(games_run, tiny_model_path, group, other):
     """The sampler's log-probs of an agent's tokens are its own adapter's, not its partner's."""
     from peft import PeftModel
@@ -93,10 +94,18 @@ def test_each_agents_turns_were_generated_with_its_own_adapter(games_run, tiny_m
     assert len(rows) == 4
     gaps = {}
     for name in (group, other):
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                                          str(games_run / "adapters" / name)).eval()
-        gaps[name] = max(float(((_logprobs(model, r) - torch.tensor(list(r["logprobs"]))).abs()
-                                * torch.tensor(list(r["completion_mask"]))).max()) for _, r in rows.iterrows())
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_path), str(games_run / "adapters" / name)
+        ).eval()
+        gaps[name] = max(
+            float(
+                (
+                    (_logprobs(model, r) - torch.tensor(list(r["logprobs"]))).abs()
+                    * torch.tensor(list(r["completion_mask"]))
+                ).max()
+            )
+            for _, r in rows.iterrows()
+        )
     assert gaps[group] < 1e-4
     assert gaps[other] > 1e-3
 
@@ -112,7 +121,7 @@ def test_the_loss_mask_covers_the_models_tokens_only(games_run, tiny_model_path)
         ids, mask = list(r["completion_ids"]), list(r["completion_mask"])
         env_text = tok.decode([i for i, m in zip(ids, mask) if m == 0])
         model_text = tok.decode([i for i, m in zip(ids, mask) if m == 1], skip_special_tokens=True)
-        assert ("Higher." in env_text or "Lower." in env_text or "Reply with a number" in env_text)
+        assert "Higher." in env_text or "Lower." in env_text or "Reply with a number" in env_text
         assert "<|im_start|>user" in env_text and "<|im_start|>assistant" in env_text
         assert "Higher." not in model_text and "Lower." not in model_text
         assert all(lp == 0.0 for lp, m in zip(r["logprobs"], mask) if m == 0)

@@ -43,8 +43,11 @@ def read_everywhere(run_dir: Path, table: str) -> dict[str, tuple[int, list[str]
     rel = duckdb.sql(f"SELECT * FROM '{glob}'")
     frame = pl.read_parquet(glob)
     pandas = pd.read_parquet(run_dir / table)
-    return {"duckdb": (len(rel.fetchall()), list(rel.columns)), "polars": (frame.height, frame.columns),
-            "pandas": (len(pandas), list(pandas.columns))}
+    return {
+        "duckdb": (len(rel.fetchall()), list(rel.columns)),
+        "polars": (frame.height, frame.columns),
+        "pandas": (len(pandas), list(pandas.columns)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +55,21 @@ def failed_and_resumed(tmp_path_factory, tiny_model_path) -> Path:
     """Group a fails at step 2 (no restarts); the run is SIGKILLed while writing step 3's samples, then
     resumed from step 2's checkpoint: the steps after the failure are written twice, by two processes."""
     d = tmp_path_factory.mktemp("schema")
-    (d / "c.yaml").write_text(CONFIG.format(steps=STEPS, model=tiny_model_path, eval_prompts=EVAL_PROMPTS,
-                                             prompts=PROMPTS, group_size=GROUP_SIZE))
+    (d / "c.yaml").write_text(
+        CONFIG.format(
+            steps=STEPS, model=tiny_model_path, eval_prompts=EVAL_PROMPTS, prompts=PROMPTS, group_size=GROUP_SIZE
+        )
+    )
     run_dir = d / "run"
-    proc = run_cli("run", str(d / "c.yaml"), "--run-dir", str(run_dir), "-q", timeout=600,
-                   env={"LORAPOP_FAULTS": "raise:a:2;kill:parquet:3"})
+    proc = run_cli(
+        "run",
+        str(d / "c.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "-q",
+        timeout=600,
+        env={"LORAPOP_FAULTS": "raise:a:2;kill:parquet:3"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert "group a failed" in proc.stderr
     proc = run_cli("run", "--resume", str(run_dir), "-q", timeout=600)
@@ -74,7 +87,10 @@ def test_every_part_of_a_table_has_one_schema_after_a_failure_and_a_resume(faile
     schema = pq.read_schema(parts(run_dir, "steps")[0])
     # every group's reward functions, once each, in config order; types fixed
     assert [n for n in schema.names if n.startswith("reward/")] == [
-        "reward/format_exact", "reward/my_reward", "reward/answer_numeric"]
+        "reward/format_exact",
+        "reward/my_reward",
+        "reward/answer_numeric",
+    ]
     assert {str(schema.field(n).type) for n in ("step", "adapter_version", "reward_failures")} == {"int64"}
     assert {str(schema.field(n).type) for n in ("reward", "reward/my_reward", "loss", "time/step_s")} == {"double"}
     assert {str(schema.field(n).type) for n in ("group", "cohort")} == {"string"}
@@ -86,9 +102,12 @@ def test_duckdb_polars_and_pandas_read_every_table(failed_and_resumed):
     steps = read_table(run_dir, "steps")
     # step 1: both groups; a failed at step 2 (its step not learned), b went on
     assert sorted(zip(steps["step"], steps["group"])) == [(1, "a")] + [(s, "b") for s in range(1, STEPS + 1)]
-    expected = {"steps": 1 + STEPS, "samples": (1 + STEPS) * PROMPTS * GROUP_SIZE,
-                "evals": 2 * EVAL_PROMPTS,  # steps 2 and 4, group b only (greedy: one episode per prompt)
-                "events": len(read_table(run_dir, "events"))}
+    expected = {
+        "steps": 1 + STEPS,
+        "samples": (1 + STEPS) * PROMPTS * GROUP_SIZE,
+        "evals": 2 * EVAL_PROMPTS,  # steps 2 and 4, group b only (greedy: one episode per prompt)
+        "events": len(read_table(run_dir, "events")),
+    }
     for table, rows in expected.items():
         columns = table_schema(table, ["format_exact", "my_reward", "answer_numeric"]).names
         for reader, got in read_everywhere(run_dir, table).items():
@@ -96,17 +115,20 @@ def test_duckdb_polars_and_pandas_read_every_table(failed_and_resumed):
     events = read_table(run_dir, "events")
     assert list(events.loc[events["kind"] == "failed", "group"]) == ["a"]
     # a's reward column: values in its step-1 row, null wherever b (or nobody) wrote it
-    mine = duckdb.sql(f"SELECT \"group\", count(\"reward/my_reward\") FROM '{run_dir}/steps/*.parquet' GROUP BY 1 "
-                      f"ORDER BY 1").fetchall()
+    mine = duckdb.sql(
+        f'SELECT "group", count("reward/my_reward") FROM \'{run_dir}/steps/*.parquet\' GROUP BY 1 ORDER BY 1'
+    ).fetchall()
     assert mine == [("a", 1), ("b", 0)]
     samples = pl.read_parquet(f"{run_dir}/samples/*.parquet")
     assert samples.filter(pl.col("group") == "b")["reward/my_reward"].null_count() == STEPS * PROMPTS * GROUP_SIZE
 
 
 def test_a_run_that_writes_no_samples_or_evals_still_has_those_tables(tmp_path, tiny_model_path):
-    (tmp_path / "c.yaml").write_text(f"steps: 2\nbase_model: {tiny_model_path}\neval_prompts: 0\nsamples_per_step: 0\n"
-                                     "grpo: {prompts_per_step: 2, group_size: 2, max_completion_length: 8}\n"
-                                     "groups:\n  - {name: a}\n")
+    (tmp_path / "c.yaml").write_text(
+        f"steps: 2\nbase_model: {tiny_model_path}\neval_prompts: 0\nsamples_per_step: 0\n"
+        "grpo: {prompts_per_step: 2, group_size: 2, max_completion_length: 8}\n"
+        "groups:\n  - {name: a}\n"
+    )
     run_dir = tmp_path / "run"
     proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "-q", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -141,7 +163,9 @@ def test_a_resumed_writer_keeps_the_schema_of_the_parts_written(tmp_path):
     schemas = [pq.read_schema(p) for p in parts(tmp_path, "steps")]
     assert len(schemas) == 3 and all(s.equals(schemas[0], check_metadata=True) for s in schemas)
     assert duckdb.sql(f"SELECT step, \"reward/g\" FROM '{tmp_path}/steps/*.parquet' ORDER BY step").fetchall() == [
-        (1, 0.5), (2, None)]
+        (1, 0.5),
+        (2, None),
+    ]
 
 
 def test_rows_are_conformed_to_the_schema_or_refused():

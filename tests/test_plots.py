@@ -25,19 +25,27 @@ def _write(run_dir: Path, table: str, rows: list[dict]) -> None:
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
     run = tmp_path / "run"
-    steps = [{"step": s, "group": g, "reward": r, "accuracy": r / 2}
-             for g, rewards in REWARDS.items() for s, r in enumerate(rewards, start=1) if g != "b" or s < FAILED_AT]
+    steps = [
+        {"step": s, "group": g, "reward": r, "accuracy": r / 2}
+        for g, rewards in REWARDS.items()
+        for s, r in enumerate(rewards, start=1)
+        if g != "b" or s < FAILED_AT
+    ]
     _write(run, "steps", steps)
-    _write(run, "events", [
-        {"step": 4, "group": "a", "kind": "rebalance", "detail": "exploit", "donor": "b"},
-        {"step": 2, "group": "b", "kind": "restart", "detail": "restart 1 from checkpoint 1", "donor": None},
-        {"step": FAILED_AT, "group": "b", "kind": "failed", "detail": "gave up after 2 restarts", "donor": None},
-    ])
+    _write(
+        run,
+        "events",
+        [
+            {"step": 4, "group": "a", "kind": "rebalance", "detail": "exploit", "donor": "b"},
+            {"step": 2, "group": "b", "kind": "restart", "detail": "restart 1 from checkpoint 1", "donor": None},
+            {"step": FAILED_AT, "group": "b", "kind": "failed", "detail": "gave up after 2 restarts", "donor": None},
+        ],
+    )
     return run
 
 
 def _expected_mean(group: str, step: int, scale: float = 1.0) -> float:
-    values = REWARDS[group][max(0, step - WINDOW):step]  # steps start at 1
+    values = REWARDS[group][max(0, step - WINDOW) : step]  # steps start at 1
     return scale * sum(values) / len(values)
 
 
@@ -54,12 +62,14 @@ def test_rebalance_marker_sits_on_the_rolling_mean(run_dir):
     fig = run_figure(run_dir)
     for ylabel, scale in [("train reward (mean)", 1.0), ("train accuracy", 0.5)]:
         ax = _panel(fig, ylabel)
-        (x, y), = _markers(ax, "rebalance:a")
+        ((x, y),) = _markers(ax, "rebalance:a")
         assert x == 4 and y == pytest.approx(_expected_mean("a", 4, scale))
         assert y != pytest.approx(scale * REWARDS["a"][3])  # not the raw step value
         (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "a"]
         assert y == pytest.approx(line.get_ydata()[list(line.get_xdata()).index(4)])  # on the curve as drawn
-    assert not [c for ax in fig.axes for c in ax.collections if c.get_gid() == "rebalance:b"]  # a restart is no rebalance
+    assert not [
+        c for ax in fig.axes for c in ax.collections if c.get_gid() == "rebalance:b"
+    ]  # a restart is no rebalance
 
 
 def test_failed_group_is_marked_at_its_last_point_and_labelled(run_dir):
@@ -67,10 +77,10 @@ def test_failed_group_is_marked_at_its_last_point_and_labelled(run_dir):
     ax = _panel(fig, "train reward (mean)")
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["a", f"b (failed at step {FAILED_AT})"]
-    (x, y), = _markers(ax, "failed:b")
+    ((x, y),) = _markers(ax, "failed:b")
     assert x == FAILED_AT - 1 and y == pytest.approx(_expected_mean("b", FAILED_AT - 1))
     assert not [c for c in ax.collections if c.get_gid() == "failed:a"]
-    (x, y), = _markers(_panel(fig, "train accuracy"), "failed:b")
+    ((x, y),) = _markers(_panel(fig, "train accuracy"), "failed:b")
     assert x == FAILED_AT - 1 and y == pytest.approx(_expected_mean("b", FAILED_AT - 1, 0.5))
 
 
@@ -78,8 +88,15 @@ def test_eval_accuracy_panel_only_when_the_run_has_evaluations(run_dir):
     assert [ax.get_ylabel() for ax in run_figure(run_dir).axes] == ["train reward (mean)", "train accuracy"]
     # two held-out episodes per evaluation; one at step 4 of group a has no answer to check (NaN)
     correct = {("a", 2): [0.0, 1.0], ("a", 4): [1.0, math.nan], ("b", 2): [0.0, 0.0], ("b", 4): [1.0, 1.0]}
-    _write(run_dir, "evals", [{"step": s, "group": g, "prompt_index": i, "correct": c, "reward": c}
-                              for (g, s), cs in correct.items() for i, c in enumerate(cs)])
+    _write(
+        run_dir,
+        "evals",
+        [
+            {"step": s, "group": g, "prompt_index": i, "correct": c, "reward": c}
+            for (g, s), cs in correct.items()
+            for i, c in enumerate(cs)
+        ],
+    )
     fig = run_figure(run_dir)
     assert [ax.get_ylabel() for ax in fig.axes] == ["train reward (mean)", "train accuracy", EVAL_LABEL]
     ax = _panel(fig, EVAL_LABEL)

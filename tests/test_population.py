@@ -67,8 +67,10 @@ def test_handicapped_group_is_rebalanced_and_catches_up(exploit_run):
     assert lazy.loc[7, "adapter_version"] == lazy.loc[6, "adapter_version"] + 2
     # afterwards it scores within performance_threshold of its donor
     last = steps[steps.step > 8].groupby("group")["reward"].mean()
-    print(f"gap at step 6 {ev['gap']:.2f}; steps 9-12: lazy {last['lazy']:.2f}, donor {last[ev['donor']]:.2f}; "
-          f"good within threshold: {sorted(events[events.kind == 'score'].group)}")
+    print(
+        f"gap at step 6 {ev['gap']:.2f}; steps 9-12: lazy {last['lazy']:.2f}, donor {last[ev['donor']]:.2f}; "
+        f"good within threshold: {sorted(events[events.kind == 'score'].group)}"
+    )
     assert (last[ev["donor"]] - last["lazy"]) / abs(last[ev["donor"]]) <= 0.2
     assert last["lazy"] > lazy.loc[3:6, "reward"].mean()
 

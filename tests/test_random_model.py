@@ -43,4 +43,7 @@ def test_custom_size_builds_and_loads(tmp_path):
 def test_sizes_table_has_valid_heads():
     for dims in SIZES.values():
         assert dims["hidden_size"] % dims["num_attention_heads"] == 0
-        assert (dims["hidden_size"] // dims["num_attention_heads"]) in (64, 128)  # head dims every attention backend supports
+        assert (dims["hidden_size"] // dims["num_attention_heads"]) in (
+            64,
+            128,
+        )  # head dims every attention backend supports

@@ -21,8 +21,16 @@ def test_relative_gap_is_to_the_cohorts_best():
 
 def test_exploit_explore_touches_only_groups_beyond_the_threshold():
     scores = {"a-0": 1.0, "a-1": 0.5, "a-2": 0.95, "a-3": 0.92, "b": 0.1}
-    decisions = exploit_explore(scores, COHORTS, HP, 0.1, random.Random(0), quantile_fraction=0.25,
-                                perturbation_factors=(0.8, 1.2), perturb=["lr", "temperature"])
+    decisions = exploit_explore(
+        scores,
+        COHORTS,
+        HP,
+        0.1,
+        random.Random(0),
+        quantile_fraction=0.25,
+        perturbation_factors=(0.8, 1.2),
+        perturb=["lr", "temperature"],
+    )
     assert [d.group for d in decisions] == ["a-1"]  # a-2, a-3 are within 10%; b has no peers
     d = decisions[0]
     assert d.donor == "a-0" and d.gap == pytest.approx(0.5)
@@ -34,8 +42,9 @@ def test_exploit_explore_touches_only_groups_beyond_the_threshold():
 
 def test_exploit_explore_copies_the_donors_hyper_parameters():
     hp = {**HP, "a-0": {**HP["a-0"], "lr": 0.02}, "a-1": {**HP["a-1"], "lr": 0.0}}
-    (d,) = exploit_explore({"a-0": 1.0, "a-1": 0.1, "a-2": 0.99, "a-3": 0.99, "b": 1.0}, COHORTS, hp, 0.1,
-                           random.Random(1), perturb=["lr"])
+    (d,) = exploit_explore(
+        {"a-0": 1.0, "a-1": 0.1, "a-2": 0.99, "a-3": 0.99, "b": 1.0}, COHORTS, hp, 0.1, random.Random(1), perturb=["lr"]
+    )
     assert d.new["a-1"]["lr"] in (pytest.approx(0.016), pytest.approx(0.024))  # from the donor's 0.02, not 0
 
 

@@ -58,8 +58,9 @@ def test_when_every_group_fails_the_run_ends_with_exit_1_and_a_complete_leaderbo
     """#12: no crash, no traceback; the message names every group and why; the leaderboard says failed."""
     (tmp_path / "c.yaml").write_text(CONFIG.replace("max_restarts: 2", "max_restarts: 0"))
     run_dir = tmp_path / "run"
-    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "-q",
-                   env={"LORAPOP_FAULTS": "raise:a:2;raise:b:2"})
+    proc = run_cli(
+        "run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "-q", env={"LORAPOP_FAULTS": "raise:a:2;raise:b:2"}
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "every group failed: a, b" in proc.stderr and proc.stderr.count("injected fault in group") == 2
     board = pd.read_parquet(run_dir / "leaderboard.parquet")
@@ -71,7 +72,9 @@ def test_when_every_group_fails_the_run_ends_with_exit_1_and_a_complete_leaderbo
 def test_group_that_keeps_failing_is_marked_failed(tmp_path, tiny_model_path):
     (tmp_path / "c.yaml").write_text(CONFIG)
     run_dir = tmp_path / "run"
-    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "-q", env={"LORAPOP_FAULTS": "raise:b:3"})
+    proc = run_cli(
+        "run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "-q", env={"LORAPOP_FAULTS": "raise:b:3"}
+    )
     assert proc.returncode == 1 and "groups failed: b" in proc.stderr
     steps = pd.read_parquet(run_dir / "steps")
     assert sorted(steps.loc[steps.group == "a", "step"]) == [1, 2, 3, 4, 5]  # the others go on

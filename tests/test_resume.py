@@ -29,8 +29,12 @@ groups:
   - {name: lazy, cohort: g, grpo: {lr: 0.0}}
 """
 
-KEYS = {"steps": ["step", "group"], "samples": ["step", "group", "prompt_index", "sample_index"],
-        "evals": ["step", "group", "prompt_index", "sample_index"], "events": ["step", "group", "kind", "detail"]}
+KEYS = {
+    "steps": ["step", "group"],
+    "samples": ["step", "group", "prompt_index", "sample_index"],
+    "evals": ["step", "group", "prompt_index", "sample_index"],
+    "events": ["step", "group", "kind", "detail"],
+}
 
 
 def tables(run_dir) -> dict[str, pd.DataFrame]:
@@ -101,14 +105,22 @@ def test_a_stopped_run_says_where_it_stopped_and_how_to_resume(tmp_path, tiny_mo
 
     from tests.conftest import REPO
 
-    (tmp_path / "c.yaml").write_text(f"steps: 6\nbase_model: {tiny_model_path}\neval_prompts: 0\n"
-                                     "grpo: {prompts_per_step: 2, group_size: 4, max_completion_length: 16}\n"
-                                     "groups:\n  - {name: a}\n")
+    (tmp_path / "c.yaml").write_text(
+        f"steps: 6\nbase_model: {tiny_model_path}\neval_prompts: 0\n"
+        "grpo: {prompts_per_step: 2, group_size: 4, max_completion_length: 16}\n"
+        "groups:\n  - {name: a}\n"
+    )
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "LORAPOP_FAULTS"}
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", str(tmp_path / "c.yaml"), "--run-dir",
-                             str(run_dir), "-q"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir), "-q"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while not (run_dir / "steps" / "part-000002.parquet").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
@@ -134,5 +146,9 @@ def test_resume_refuses_what_is_not_a_run(tmp_path):
 
 def test_no_sigkill_leaves_ray_running(config):
     # sanity for the suite: the killed runs' Ray processes are gone or going (no lorapop actor survives)
-    alive = [p for p in os.popen("ps -eo args").read().splitlines() if "ray::GroupActor" in p or "ray::HFRollout" in p or "ray::TrainerService" in p]
+    alive = [
+        p
+        for p in os.popen("ps -eo args").read().splitlines()
+        if "ray::GroupActor" in p or "ray::HFRollout" in p or "ray::TrainerService" in p
+    ]
     assert alive == [] or all("defunct" in p for p in alive)

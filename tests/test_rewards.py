@@ -87,7 +87,13 @@ def test_format_approx():
 
 def test_answer_exact():
     fn = answer_exact()
-    completions = ["<answer> 12 </answer>", chat("<answer>12</answer>"), "12", "<answer>12.0</answer>", "<answer>7</answer>"]
+    completions = [
+        "<answer> 12 </answer>",
+        chat("<answer>12</answer>"),
+        "12",
+        "<answer>12.0</answer>",
+        "<answer>7</answer>",
+    ]
     assert call(fn, completions, answer=[12, "12", "12", "12", None], other=[0] * 5) == [1.0, 1.0, 0.0, 0.0, None]
     with pytest.raises(KeyError, match="answer_exact.*answer"):
         call(fn, ["<answer>1</answer>"])
@@ -129,7 +135,9 @@ def test_trl_think_format_reward_runs_through_score():
     fmt = format_exact()
     result = score(
         [("think_format_reward", think_format_reward, 1.0), ("format_exact", fmt, 0.5)],
-        ["p"] * 3, completions, {"answer": ["1", "2", "3"]},
+        ["p"] * 3,
+        completions,
+        {"answer": ["1", "2", "3"]},
     )
     assert result.failures == {}
     assert result.per_function["think_format_reward"] == [1.0, 0.0, 0.0]

@@ -33,8 +33,13 @@ def service(tiny_model_path):
 def prompts(svc, n=3):
     tok = svc.tokenizer
     qs = ["What is 2 + 3?", "Tom has 4 apples and gets 5 more. How many now?", "What is 7 + 1?"][:n]
-    return [tok(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False),
-                add_special_tokens=False)["input_ids"] for q in qs]
+    return [
+        tok(
+            tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False,
+        )["input_ids"]
+        for q in qs
+    ]
 
 
 def test_unpublished_group_is_refused(tiny_model_path):
@@ -60,8 +65,10 @@ def test_shapes_seeds_and_finish_reasons(service):
 def test_prompts_prefilled_once_give_what_every_row_prefilled_gives(service, monkeypatch):
     """Each distinct prompt is prefilled once and its cache copied to its samples: the completions and
     log-probs are those of generating every row from its whole prompt."""
-    reqs = [RolloutRequest("a", prompts(service), n=3, max_new_tokens=10, greedy=True),
-            RolloutRequest("b", prompts(service, 2), n=2, max_new_tokens=10, greedy=True)]
+    reqs = [
+        RolloutRequest("a", prompts(service), n=3, max_new_tokens=10, greedy=True),
+        RolloutRequest("b", prompts(service, 2), n=2, max_new_tokens=10, greedy=True),
+    ]
     shared = service.generate(reqs)
     monkeypatch.setattr(HFRollout, "_prefill", lambda self, *args: None)  # generate prefills every row itself
     full = service.generate(reqs)

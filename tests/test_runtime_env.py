@@ -22,8 +22,14 @@ groups:
 
 def test_cpu_kernels_and_threads_reach_every_model_actor(tmp_path, tiny_model_path):
     (tmp_path / "c.yaml").write_text(CONFIG.format(model=tiny_model_path))
-    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "-q",
-                   env={"ATEN_CPU_CAPABILITY": "default"})
+    proc = run_cli(
+        "run",
+        str(tmp_path / "c.yaml"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "-q",
+        env={"ATEN_CPU_CAPABILITY": "default"},
+    )
     assert proc.returncode == 0, proc.stderr
     events = pd.read_parquet(tmp_path / "run" / "events")
     runtime = events[events.kind == "runtime"].set_index("group")["detail"]

@@ -112,8 +112,10 @@ def test_writing_inside_the_workdir_works():
 
 def test_files_and_directories_inside_the_workdir_can_be_made_renamed_and_removed():
     """#13: CPython passes dir_fd=-1 (not None) to the audit hook when none is given: still allowed."""
-    code = ("import os\nos.mkdir('d')\nos.rename('d', 'e')\nopen('e/f', 'w').write('x')\nos.link('e/f', 'g')\n"
-            "os.remove('e/f')\nos.rmdir('e')\nleft = sorted(os.listdir('.'))")
+    code = (
+        "import os\nos.mkdir('d')\nos.rename('d', 'e')\nopen('e/f', 'w').write('x')\nos.link('e/f', 'g')\n"
+        "os.remove('e/f')\nos.rmdir('e')\nleft = sorted(os.listdir('.'))"
+    )
     result = run(code, "left", allowed_imports=WITH_OS)
     assert (result.status, result.value) == ("ok", ["g"]), result.error
     outside = run("import os\nos.mkdir('../made_outside')", allowed_imports=WITH_OS)
@@ -139,7 +141,7 @@ def test_killing_the_parent_is_forbidden_and_we_survive():
 
 
 def test_child_dying_without_a_result_is_a_crash_and_cannot_forge_one():
-    forged = "import random\nrandom._os.write(3, b'{\"status\": \"ok\", \"value\": 1}\\n')\nrandom._os._exit(0)"
+    forged = 'import random\nrandom._os.write(3, b\'{"status": "ok", "value": 1}\\n\')\nrandom._os._exit(0)'
     result = run(forged)
     assert (result.status, result.value) == ("crash", None)
 
@@ -193,8 +195,11 @@ def test_reference_solutions_pass_their_own_tests(difficulty):
     env = CodeTaskEnv(seed=7, difficulty=difficulty)
     rows = env.batch(step=0, n=4) + env.eval_rows(2)
     assert all(3 <= len(row["tests"]) <= 5 for row in rows)
-    scores = code_exec()(prompts=[r["prompt"] for r in rows], completions=[env.solution_text(r) for r in rows],
-                         tests=[r["tests"] for r in rows])
+    scores = code_exec()(
+        prompts=[r["prompt"] for r in rows],
+        completions=[env.solution_text(r) for r in rows],
+        tests=[r["tests"] for r in rows],
+    )
     assert scores == [1.0] * len(rows)
 
 

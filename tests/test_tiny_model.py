@@ -6,8 +6,17 @@ import torch
 
 from engine.tiny_model import build_tokenizer, ensure_tiny_model, settings_key
 
-SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "copy_steps": 2, "copy_lr": 1e-3, "sft_steps": 3, "sft_lr": 1e-3,
-         "strict_fraction": 0.35, "seed": 0}
+SMALL = {
+    "hidden_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "copy_steps": 2,
+    "copy_lr": 1e-3,
+    "sft_steps": 3,
+    "sft_lr": 1e-3,
+    "strict_fraction": 0.35,
+    "seed": 0,
+}
 
 
 def test_byte_level_tokenizer_round_trips_any_text():
@@ -114,8 +123,9 @@ def test_build_shows_each_phase_and_its_progress_every_few_seconds(tmp_path, mon
     monkeypatch.setattr(tiny, "PROGRESS_EVERY_S", 4.0)
     logs: list[str] = []
     tiny.build_tiny_model(tmp_path / "m", **{**SMALL, "copy_steps": 10, "sft_steps": 3}, log=logs.append)
-    assert re.fullmatch(r"  model: Llama, 1 layers x 32 hidden, [0-9.]+M parameters; byte-level tokenizer, 259 tokens",
-                        logs[0]), logs[0]
+    assert re.fullmatch(
+        r"  model: Llama, 1 layers x 32 hidden, [0-9.]+M parameters; byte-level tokenizer, 259 tokens", logs[0]
+    ), logs[0]
     losses = [float(x) for m in logs for x in re.findall(r"loss (\d+\.\d+)", m)]
     assert len(losses) == 4 and all(0 < x < 10 for x in losses)
     assert [re.sub(r"loss \d+\.\d+", "loss L", m) for m in logs[1:]] == [

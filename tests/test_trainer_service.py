@@ -86,5 +86,7 @@ def test_an_adapter_the_trainer_writes_for_vllm_loads_in_peft_as_the_slot(tmp_pa
         loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
         assert len(loaded) == len(expected)
         for k, v in expected.items():
-            name = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight")
+            name = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                ".lora_B.weight", ".lora_B.default.weight"
+            )
             assert torch.equal(loaded[name].detach().to(torch.bfloat16), v.to(torch.bfloat16)), k

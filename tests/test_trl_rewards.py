@@ -15,8 +15,10 @@ from tests.conftest import run_cli
 pytest.importorskip("trl")
 pytest.importorskip("math_verify")
 
-ROWS = [{"question": "What is one third?", "answer": "1/3", "solution": r"$\frac{1}{3}$"},
-        {"question": "What is half of one?", "answer": "1/2", "solution": r"$\frac{1}{2}$"}]
+ROWS = [
+    {"question": "What is one third?", "answer": "1/3", "solution": r"$\frac{1}{3}$"},
+    {"question": "What is half of one?", "answer": "1/2", "solution": r"$\frac{1}{2}$"},
+]
 RIGHT, WRONG = "<think>\nthink\n</think>\n$\\frac{1}{3}$", "no no no no no no $\\frac{1}{5}$"
 
 SPY = """
@@ -31,7 +33,9 @@ def spy(prompts, completions, completion_ids, trainer_state, log_metric, log_ext
 """
 
 REWARDS = [
-    ("think_format_reward", {}), ("accuracy_reward", {}), ("reasoning_accuracy_reward", {}),
+    ("think_format_reward", {}),
+    ("accuracy_reward", {}),
+    ("reasoning_accuracy_reward", {}),
     ("get_repetition_penalty_reward", {"ngram_size": 2, "max_penalty": -1.0}),
     ("get_soft_overlong_punishment", {"max_completion_len": 40, "soft_punish_cache": 20}),
     ("get_cosine_scaled_reward", {"max_len": 40}),
@@ -47,10 +51,21 @@ def _group(tmp_path, tiny_model_path):
     (tmp_path / "spy_rewards.py").write_text(SPY)
     rewards = [{"name": f"trl.rewards:{n}", **({"params": p} if p else {})} for n, p in REWARDS]
     rewards.append({"name": "spy_rewards:spy"})
-    (tmp_path / "c.yaml").write_text(json.dumps({
-        "steps": 7, "grpo": {"prompts_per_step": 1, "group_size": 2, "max_completion_length": 40},
-        "groups": [{"name": "a", "env": {"type": "dataset", "path": "data.jsonl", "eval_fraction": 0.0},
-                    "rewards": rewards}]}))
+    (tmp_path / "c.yaml").write_text(
+        json.dumps(
+            {
+                "steps": 7,
+                "grpo": {"prompts_per_step": 1, "group_size": 2, "max_completion_length": 40},
+                "groups": [
+                    {
+                        "name": "a",
+                        "env": {"type": "dataset", "path": "data.jsonl", "eval_fraction": 0.0},
+                        "rewards": rewards,
+                    }
+                ],
+            }
+        )
+    )
     cfg, config_dir = load_config(tmp_path / "c.yaml")
     return GroupActor(group_plans(cfg, config_dir)[0], tiny_model_path)
 
@@ -73,7 +88,9 @@ def test_every_offline_trl_reward_scores_a_step_through_the_group_actor(tmp_path
     assert per["think_format_reward"] == [1.0, 0.0]
     assert per["accuracy_reward"] == ([1.0, 0.0] if right_answer else [0.0, 0.0])
     assert per["repetition_penalty_reward"][1] < per["repetition_penalty_reward"][0] <= 0.0  # "no no no ..." repeats
-    assert per["soft_overlong_punishment_reward"] == [0.0 if len(i) <= 20 else pytest.approx(-(len(i) - 20) / 20) for i in ids]
+    assert per["soft_overlong_punishment_reward"] == [
+        0.0 if len(i) <= 20 else pytest.approx(-(len(i) - 20) / 20) for i in ids
+    ]
     assert all(math.isfinite(v) for v in per["cosine_scaled_reward"])
     # the user's function got TRL's keywords
     import sys

@@ -28,11 +28,14 @@ groups:
     return folder / "c.yaml"
 
 
-@pytest.mark.parametrize("layout, spec", [
-    ({"my_rewards.py": USER_REWARDS}, "my_rewards:shout"),
-    ({"rewards.py": USER_REWARDS}, "rewards:shout"),  # lorapop has a package of that name
-    ({"envs/__init__.py": "", "envs/scoring.py": USER_REWARDS}, "envs.scoring:shout"),  # and of this one
-])
+@pytest.mark.parametrize(
+    "layout, spec",
+    [
+        ({"my_rewards.py": USER_REWARDS}, "my_rewards:shout"),
+        ({"rewards.py": USER_REWARDS}, "rewards:shout"),  # lorapop has a package of that name
+        ({"envs/__init__.py": "", "envs/scoring.py": USER_REWARDS}, "envs.scoring:shout"),  # and of this one
+    ],
+)
 def test_driver_and_group_actor_load_the_users_module(tmp_path, tiny_model_path, layout, spec, monkeypatch):
     from engine.builders import group_plans
     from engine.coordinator import preflight
@@ -49,7 +52,7 @@ def test_driver_and_group_actor_load_the_users_module(tmp_path, tiny_model_path,
     preflight(plans)  # the driver's check: no ModuleNotFoundError, nothing left on sys.path
     assert sys.path == path
     actor = GroupActor(plans[0], tiny_model_path)
-    (name, fn, _), = actor.reward_fns
+    ((name, fn, _),) = actor.reward_fns
     assert name == "shout" and Path(fn.__code__.co_filename).resolve().is_relative_to((tmp_path / "cfg").resolve())
     assert fn(prompts=["p", "p"], completions=["hi!", "hi"]) == [1.0, 0.0]
 

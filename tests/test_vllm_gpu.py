@@ -28,8 +28,10 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 DIMS = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4}
 DTYPE = os.environ.get("LORAPOP_VLLM_TEST_DTYPE", "float16")
 # tolerances per engine dtype: mean |logprob diff| vs hf fp32, share of greedy tokens hf also picks
-TOL = {"float16": {"logprob": 0.05, "near_argmax": 0.97, "greedy_tokens": 0.6},
-       "bfloat16": {"logprob": 0.15, "near_argmax": 0.9, "greedy_tokens": 0.3}}[DTYPE]
+TOL = {
+    "float16": {"logprob": 0.05, "near_argmax": 0.97, "greedy_tokens": 0.6},
+    "bfloat16": {"logprob": 0.15, "near_argmax": 0.9, "greedy_tokens": 0.3},
+}[DTYPE]
 REPORT: dict = {"engine_dtype": DTYPE}
 
 
@@ -55,13 +57,18 @@ def setup(tmp_path_factory):
 
     def adapter(seed: int, scale: float) -> dict:
         g = torch.Generator().manual_seed(seed)
-        return {k: (torch.randn(v.shape, generator=g) * scale if "lora_B" in k else
-                    torch.randn(v.shape, generator=g) / v.shape[1] ** 0.5) for k, v in template.items()}
+        return {
+            k: (
+                torch.randn(v.shape, generator=g) * scale
+                if "lora_B" in k
+                else torch.randn(v.shape, generator=g) / v.shape[1] ** 0.5
+            )
+            for k, v in template.items()
+        }
 
     states = {"zero": adapter(0, 0.0), "A": adapter(1, 0.05), "B": adapter(2, 0.05)}
     groups = {"base": LORA, "a": LORA}
-    vllm = VLLMRollout(path, groups, gpu_memory_utilization=0.2, max_model_len=512, enforce_eager=True,
-                       dtype=DTYPE)
+    vllm = VLLMRollout(path, groups, gpu_memory_utilization=0.2, max_model_len=512, enforce_eager=True, dtype=DTYPE)
     hf = HFRollout(path, groups, num_threads=8)
     for svc in (vllm, hf):
         svc.publish("base", 0, states["zero"])  # lora_B = 0: exactly the base model
@@ -77,7 +84,7 @@ def _teacher_forced(hf, group: str, prompt: list[int], completion: list[int], te
     and its max log-prob at each position. Both [L]."""
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logits = hf.model(input_ids=ids, adapter_names=[hf.slot[group]]).logits[0, len(prompt) - 1:-1].float()
+        logits = hf.model(input_ids=ids, adapter_names=[hf.slot[group]]).logits[0, len(prompt) - 1 : -1].float()
     logp = torch.log_softmax(logits / temperature, dim=-1)
     return logp.gather(-1, torch.tensor(completion)[:, None])[:, 0], logp.max(-1).values
 
@@ -112,9 +119,15 @@ def test_adapter_differs_from_base_and_matches_hf_greedy(setup):
         near_argmax += int((ref >= best - 0.05).sum())
         lp_diff += float((ref - torch.tensor(lp)).abs().sum())
         n += len(c)
-    _report(adapter_vs_base_differ=differ, greedy_seq_match_adapter=seq_a, greedy_token_match_adapter=tok_a,
-            greedy_seq_match_base=seq_b, greedy_token_match_base=tok_b,
-            teacher_forced_near_argmax=near_argmax / n, teacher_forced_mean_abs_logprob_diff=lp_diff / n)
+    _report(
+        adapter_vs_base_differ=differ,
+        greedy_seq_match_adapter=seq_a,
+        greedy_token_match_adapter=tok_a,
+        greedy_seq_match_base=seq_b,
+        greedy_token_match_base=tok_b,
+        teacher_forced_near_argmax=near_argmax / n,
+        teacher_forced_mean_abs_logprob_diff=lp_diff / n,
+    )
     assert differ >= 0.75, "the adapter barely changes vLLM's outputs"
     assert near_argmax / n >= TOL["near_argmax"] and lp_diff / n < TOL["logprob"]
     assert tok_a >= TOL["greedy_tokens"] and tok_b >= TOL["greedy_tokens"]
@@ -143,7 +156,9 @@ def test_sampling_is_seeded_prompt_major_with_logprobs_after_temperature(setup):
         ref, _ = _teacher_forced(hf, "a", p, c, temperature=0.7)
         diffs.append(float((ref - torch.tensor(lp)).abs().mean()))
     _report(sampled_logprob_mean_abs_diff_T07=sum(diffs) / len(diffs))
-    assert sum(diffs) / len(diffs) < TOL["logprob"], "vLLM log-probs should be log_softmax(logits / T) of the sampled tokens"
+    assert sum(diffs) / len(diffs) < TOL["logprob"], (
+        "vLLM log-probs should be log_softmax(logits / T) of the sampled tokens"
+    )
 
 
 def test_publish_switches_weights_for_next_rollout(setup):
@@ -151,11 +166,11 @@ def test_publish_switches_weights_for_next_rollout(setup):
 
     vllm, hf, states, prompts = setup["vllm"], setup["hf"], setup["states"], setup["prompts"][:8]
     req = RolloutRequest("a", prompts, n=2, max_new_tokens=24, temperature=1.0, seed=9)
-    before, = vllm.generate([req])
+    (before,) = vllm.generate([req])
     old_dir = vllm.current["a"].lora_path
     vllm.publish("a", 1, states["B"])
     hf.publish("a", 1, states["B"])
-    after, = vllm.generate([req])
+    (after,) = vllm.generate([req])
     assert after.adapter_version == 1 and vllm.adapter_versions()["a"] == 1
     assert not os.path.exists(old_dir), "the old version's directory should be gone"
     # the new tokens' vLLM log-probs are the new adapter's (hf teacher-forced with B), not the old one's
@@ -169,11 +184,15 @@ def test_publish_switches_weights_for_next_rollout(setup):
         d_old.append(float((old - torch.tensor(lp)).abs().mean()))
     # publishing A again brings back A's completions exactly (same seeds), prefix cache included
     vllm.publish("a", 2, states["A"])
-    again, = vllm.generate([req])
+    (again,) = vllm.generate([req])
     same = sum(x == y for x, y in zip(again.completion_ids, before.completion_ids)) / len(before.completion_ids)
     ms = vllm.last_publish
-    _report(after_publish_logprob_diff_vs_new=sum(d_new) / len(d_new), vs_old=sum(d_old) / len(d_old),
-            republish_same_completions=same, publish_ms_small_model={k: v * 1e3 for k, v in ms.items()})
+    _report(
+        after_publish_logprob_diff_vs_new=sum(d_new) / len(d_new),
+        vs_old=sum(d_old) / len(d_old),
+        republish_same_completions=same,
+        publish_ms_small_model={k: v * 1e3 for k, v in ms.items()},
+    )
     assert sum(d_new) / len(d_new) < TOL["logprob"] and sum(d_old) / len(d_old) > 1.0
     assert after.completion_ids != before.completion_ids
     assert same >= 0.9
@@ -186,15 +205,26 @@ def test_gpu_config_runs_end_to_end_and_writes_parquet(tmp_path):
     from tests.conftest import REPO, run_cli
 
     run_dir = tmp_path / "gpu-run"
-    proc = run_cli("run", str(REPO / "configs" / "gpu.yaml"), "steps=3", "eval_prompts=4",
-                   "population.eval_interval=0", "--run-dir", str(run_dir), "-q", timeout=560)
+    proc = run_cli(
+        "run",
+        str(REPO / "configs" / "gpu.yaml"),
+        "steps=3",
+        "eval_prompts=4",
+        "population.eval_interval=0",
+        "--run-dir",
+        str(run_dir),
+        "-q",
+        timeout=560,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     steps = pd.read_parquet(run_dir / "steps")
     assert len(steps) == 3 * 8 and steps["group"].nunique() == 8
     assert (steps["time/publish_s"] > 0).all() and steps["is_weight_mean"].notna().all()
     assert steps.groupby("group")["adapter_version"].apply(list).map(lambda v: v == [0, 1, 2]).all()
-    _report(run_publish_ms_median=float(steps["time/publish_s"].median() * 1000),
-            run_logprob_mismatch=float(steps["logprob_mismatch"].mean()),
-            run_is_weight_mean=float(steps["is_weight_mean"].mean()),
-            run_rollout_s_median=float(steps["time/rollout_s"].median()))
+    _report(
+        run_publish_ms_median=float(steps["time/publish_s"].median() * 1000),
+        run_logprob_mismatch=float(steps["logprob_mismatch"].mean()),
+        run_is_weight_mean=float(steps["is_weight_mean"].mean()),
+        run_rollout_s_median=float(steps["time/rollout_s"].median()),
+    )
     assert len(pd.read_parquet(run_dir / "leaderboard.parquet")) == 8

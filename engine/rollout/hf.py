@@ -47,7 +47,9 @@ class HFRollout:
         result = set_peft_model_state_dict(self.model, state_dict, adapter_name=slot)
         lora_missing = [k for k in result.missing_keys if "lora_" in k and f".{slot}." in k]
         if result.unexpected_keys or lora_missing:
-            raise ValueError(f"adapter of {group!r} does not fit: unexpected {result.unexpected_keys[:3]}, missing {lora_missing[:3]}")
+            raise ValueError(
+                f"adapter of {group!r} does not fit: unexpected {result.unexpected_keys[:3]}, missing {lora_missing[:3]}"
+            )
         self.versions[group] = version
         return version
 
@@ -90,13 +92,17 @@ class HFRollout:
             start = 0
             for i, r in zip(idx, batch):
                 size = len(r.prompt_ids) * r.n
-                part = rows[start:start + size]
+                part = rows[start : start + size]
                 start += size
                 results[i] = RolloutResult(
-                    group=r.group, adapter_version=self.versions[r.group],
+                    group=r.group,
+                    adapter_version=self.versions[r.group],
                     prompt_ids=[p for p in r.prompt_ids for _ in range(r.n)],
-                    completion_ids=[c for c, _, _ in part], logprobs=[lp for _, lp, _ in part],
-                    finish_reasons=[f for _, _, f in part], seconds=seconds)
+                    completion_ids=[c for c, _, _ in part],
+                    logprobs=[lp for _, lp, _ in part],
+                    finish_reasons=[f for _, _, f in part],
+                    seconds=seconds,
+                )
         return results  # type: ignore[return-value]
 
     def _generate_rows(self, batch: list[RolloutRequest]) -> list[tuple[list[int], list[float], str]]:
@@ -111,20 +117,33 @@ class HFRollout:
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         prompts = [p for r in batch for p in r.prompt_ids]  # [U] distinct prompts
         names = [self.slot[r.group] for r in batch for _ in r.prompt_ids]  # [U]
-        rows = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor([r.n for r in batch for _ in r.prompt_ids]))  # [B]
+        rows = torch.repeat_interleave(
+            torch.arange(len(prompts)), torch.tensor([r.n for r in batch for _ in r.prompt_ids])
+        )  # [B]
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # [U, P] left-padded
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # [U, P]
         cache = self._prefill(input_ids[:, :-1], attention_mask[:, :-1], names) if width > 1 else None
         if cache is not None:
             cache.batch_select_indices(rows)  # [U, ...] -> [B, ...]
-        sampling = {"do_sample": False} if first.greedy else {
-            "do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
+        sampling = (
+            {"do_sample": False}
+            if first.greedy
+            else {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": 0}
+        )
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=input_ids[rows], attention_mask=attention_mask[rows], past_key_values=cache,
-                max_new_tokens=first.max_new_tokens, pad_token_id=pad, eos_token_id=eos, output_logits=True,
-                return_dict_in_generate=True, adapter_names=[names[i] for i in rows.tolist()], **sampling)
+                input_ids=input_ids[rows],
+                attention_mask=attention_mask[rows],
+                past_key_values=cache,
+                max_new_tokens=first.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                output_logits=True,
+                return_dict_in_generate=True,
+                adapter_names=[names[i] for i in rows.tolist()],
+                **sampling,
+            )
         new = out.sequences[:, width:]  # [B, T]
         temperature = 1.0 if first.greedy else first.temperature
         logits = torch.stack(out.logits, dim=1).float() / temperature  # [B, T, V]
@@ -141,6 +160,11 @@ class HFRollout:
 
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
         with torch.no_grad():
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=True, adapter_names=adapter_names)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                adapter_names=adapter_names,
+            )
         return out.past_key_values

@@ -33,8 +33,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from engine.rollout.types import RolloutRequest, RolloutResult
 
@@ -61,18 +61,43 @@ def sample_seed(seed: int, prompt: int, sample: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def build_llm(model_path: str, *, lora_rank: int | None, max_loras: int = 1, max_cpu_loras: int | None = None,
-              gpu_memory_utilization: float = 0.5, max_model_len: int = 2048, enable_prefix_caching: bool = True,
-              dtype: str = "bfloat16", seed: int = 0, **llm_kwargs):
+def build_llm(
+    model_path: str,
+    *,
+    lora_rank: int | None,
+    max_loras: int = 1,
+    max_cpu_loras: int | None = None,
+    gpu_memory_utilization: float = 0.5,
+    max_model_len: int = 2048,
+    enable_prefix_caching: bool = True,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+    **llm_kwargs,
+):
     """A ``vllm.LLM`` for rollouts; ``lora_rank=None`` builds a base-only engine (no LoRA at all)."""
     from vllm import LLM
 
-    lora = {} if lora_rank is None else {
-        "enable_lora": True, "max_loras": max_loras, "max_cpu_loras": max(max_cpu_loras or 0, max_loras),
-        "max_lora_rank": lora_rank_slot(lora_rank)}
-    return LLM(model=model_path, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-               max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-               logprobs_mode="processed_logprobs", **lora, **llm_kwargs)
+    lora = (
+        {}
+        if lora_rank is None
+        else {
+            "enable_lora": True,
+            "max_loras": max_loras,
+            "max_cpu_loras": max(max_cpu_loras or 0, max_loras),
+            "max_lora_rank": lora_rank_slot(lora_rank),
+        }
+    )
+    return LLM(
+        model=model_path,
+        dtype=dtype,
+        seed=seed,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        enable_prefix_caching=enable_prefix_caching,
+        logprobs_mode="processed_logprobs",
+        **lora,
+        **llm_kwargs,
+    )
 
 
 def engine_defaults(batch: int, engine_kwargs: dict | None = None) -> dict:
@@ -104,12 +129,12 @@ def sampling_params(r: RolloutRequest, prompt: int, sample: int, eos_token_id: i
     """vLLM ``SamplingParams`` of one completion: its sampled token's log-prob, no detokenising."""
     from vllm import SamplingParams
 
-    common = {"n": 1, "max_tokens": r.max_new_tokens, "logprobs": 0, "detokenize": False,
-              "ignore_eos": ignore_eos}
+    common = {"n": 1, "max_tokens": r.max_new_tokens, "logprobs": 0, "detokenize": False, "ignore_eos": ignore_eos}
     if r.greedy:
         return SamplingParams(temperature=0.0, **common)
-    return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=0,
-                          seed=sample_seed(r.seed, prompt, sample), **common)
+    return SamplingParams(
+        temperature=r.temperature, top_p=r.top_p, top_k=0, seed=sample_seed(r.seed, prompt, sample), **common
+    )
 
 
 def sampled_logprobs(completion) -> list[float]:
@@ -120,8 +145,14 @@ def sampled_logprobs(completion) -> list[float]:
     return out
 
 
-def run_requests(llm, requests: list[RolloutRequest], lora_for, versions: dict[str, int] | None = None,
-                 eos_token_id: int | None = None, ignore_eos: bool = False) -> list[RolloutResult]:
+def run_requests(
+    llm,
+    requests: list[RolloutRequest],
+    lora_for,
+    versions: dict[str, int] | None = None,
+    eos_token_id: int | None = None,
+    ignore_eos: bool = False,
+) -> list[RolloutResult]:
     """One ``llm.generate`` over every completion of every request; ``lora_for(group)`` gives the
     ``LoRARequest`` (or None for the base). Results come back prompt-major, one per request."""
     prompts, params, loras = [], [], []
@@ -133,21 +164,27 @@ def run_requests(llm, requests: list[RolloutRequest], lora_for, versions: dict[s
                 params.append(sampling_params(r, i, j, eos_token_id, ignore_eos))
                 loras.append(lora)
     t0 = time.perf_counter()
-    outputs = llm.generate(prompts, params, lora_request=loras if any(x is not None for x in loras) else None,
-                           use_tqdm=False)
+    outputs = llm.generate(
+        prompts, params, lora_request=loras if any(x is not None for x in loras) else None, use_tqdm=False
+    )
     seconds = time.perf_counter() - t0
     results, start = [], 0
     for r in requests:
         size = len(r.prompt_ids) * r.n
-        part = [o.outputs[0] for o in outputs[start:start + size]]
+        part = [o.outputs[0] for o in outputs[start : start + size]]
         start += size
-        results.append(RolloutResult(
-            group=r.group, adapter_version=(versions or {}).get(r.group, -1),
-            prompt_ids=[list(p) for p in r.prompt_ids for _ in range(r.n)],
-            completion_ids=[list(c.token_ids) for c in part],
-            logprobs=[sampled_logprobs(c) for c in part],
-            finish_reasons=["stop" if c.finish_reason == "stop" else "length" for c in part],
-            seconds=seconds, extra={"backend": "vllm"}))
+        results.append(
+            RolloutResult(
+                group=r.group,
+                adapter_version=(versions or {}).get(r.group, -1),
+                prompt_ids=[list(p) for p in r.prompt_ids for _ in range(r.n)],
+                completion_ids=[list(c.token_ids) for c in part],
+                logprobs=[sampled_logprobs(c) for c in part],
+                finish_reasons=["stop" if c.finish_reason == "stop" else "length" for c in part],
+                seconds=seconds,
+                extra={"backend": "vllm"},
+            )
+        )
     return results
 
 
@@ -162,8 +199,9 @@ def vllm_adapter_config(lora: dict, model_path: str, keys: list[str]) -> dict:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
 
 
-def write_adapter_dir(root: str | Path, group: str, version: int, config: dict,
-                      write_weights: Callable[[Path], None]) -> Path:
+def write_adapter_dir(
+    root: str | Path, group: str, version: int, config: dict, write_weights: Callable[[Path], None]
+) -> Path:
     """A new adapter directory ``root/<group>/v<version>-<random>`` (never reused, so vLLM never serves
     stale weights under an old path): ``write_weights(path)`` writes adapter_model.safetensors,
     then adapter_config.json (``config``); written under a temporary name and renamed into place."""
@@ -181,10 +219,20 @@ def write_adapter_dir(root: str | Path, group: str, version: int, config: dict,
 class VLLMRollout:
     """Ray actor (``ray.remote(num_gpus=f)(VLLMRollout)``) or a plain object; state lives here."""
 
-    def __init__(self, model_path: str, adapters: dict[str, dict], gpu_memory_utilization: float = 0.5,
-                 max_model_len: int = 2048, adapter_root: str | None = None, enable_prefix_caching: bool = True,
-                 dtype: str = "bfloat16", seed: int = 0, ignore_eos: bool = False, in_process: bool = False,
-                 **llm_kwargs):
+    def __init__(
+        self,
+        model_path: str,
+        adapters: dict[str, dict],
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int = 2048,
+        adapter_root: str | None = None,
+        enable_prefix_caching: bool = True,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        ignore_eos: bool = False,
+        in_process: bool = False,
+        **llm_kwargs,
+    ):
         """``adapters``: group -> LoRA kwargs (``r``, ``alpha``, ``dropout``, ``target_modules``), as for
         ``HFRollout``. ``ignore_eos`` (benchmarks only) always generates ``max_new_tokens``.
         ``llm_kwargs`` go to ``vllm.LLM`` as they are (``enforce_eager``, ``max_num_seqs``,
@@ -205,9 +253,18 @@ class VLLMRollout:
         self.root = Path(adapter_root) if adapter_root else default_adapter_root()
         self.root.mkdir(parents=True, exist_ok=True)
         rank = max(kw["r"] for kw in adapters.values())
-        self.llm = build_llm(model_path, lora_rank=rank, max_loras=len(adapters), max_cpu_loras=len(adapters),
-                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                             enable_prefix_caching=enable_prefix_caching, dtype=dtype, seed=seed, **llm_kwargs)
+        self.llm = build_llm(
+            model_path,
+            lora_rank=rank,
+            max_loras=len(adapters),
+            max_cpu_loras=len(adapters),
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
+            dtype=dtype,
+            seed=seed,
+            **llm_kwargs,
+        )
         self.current: dict[str, object] = {}  # group -> LoRARequest of the version served now
         self.versions = {g: -1 for g in adapters}  # -1: no version published yet
         self.next_id = 1
@@ -237,8 +294,10 @@ class VLLMRollout:
             group, (version, state_dict) = item
             tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
             config = vllm_adapter_config(self.lora[group], self.model_path, list(tensors))
-            return group, (version, str(write_adapter_dir(self.root, group, version, config,
-                                                          lambda path: save_file(tensors, str(path)))))
+            return group, (
+                version,
+                str(write_adapter_dir(self.root, group, version, config, lambda path: save_file(tensors, str(path)))),
+            )
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=min(8, len(adapters)) or 1) as pool:
@@ -286,8 +345,12 @@ class VLLMRollout:
         t0 = time.perf_counter()
         for g, (v, path) in adapters.items():
             self._load(g, v, Path(path))
-        self.last_publish = {"write_s": 0.0, "load_s": time.perf_counter() - t0,
-                             "total_s": time.perf_counter() - t0, "adapters": len(adapters)}
+        self.last_publish = {
+            "write_s": 0.0,
+            "load_s": time.perf_counter() - t0,
+            "total_s": time.perf_counter() - t0,
+            "adapters": len(adapters),
+        }
         return {g: v for g, (v, _) in adapters.items()}
 
     def runtime(self) -> str:

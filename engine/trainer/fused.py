@@ -27,8 +27,9 @@ of a step without that group, bit for bit, and its own slot is untouched (``skip
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -64,12 +65,20 @@ class LossSettings:
     """Upper bound of the IS weight."""
 
     @classmethod
-    def from_grpo(cls, hp: Mapping[str, Any], max_len: int) -> "LossSettings":
+    def from_grpo(cls, hp: Mapping[str, Any], max_len: int) -> LossSettings:
         """From a group's ``grpo`` hyper-parameter dict (``GroupActor.hp``); ``max_len`` as ``learn`` computes it."""
-        return cls(loss_type=hp["loss_type"], max_len=max_len, epsilon_low=hp["epsilon_low"],
-                   epsilon_high=hp["epsilon_high"], beta=hp["beta"], temperature=hp["temperature"],
-                   num_iterations=hp["num_iterations"], is_correction=hp["vllm_importance_sampling_correction"],
-                   is_mode=hp["vllm_importance_sampling_mode"], is_cap=hp["vllm_importance_sampling_cap"])
+        return cls(
+            loss_type=hp["loss_type"],
+            max_len=max_len,
+            epsilon_low=hp["epsilon_low"],
+            epsilon_high=hp["epsilon_high"],
+            beta=hp["beta"],
+            temperature=hp["temperature"],
+            num_iterations=hp["num_iterations"],
+            is_correction=hp["vllm_importance_sampling_correction"],
+            is_mode=hp["vllm_importance_sampling_mode"],
+            is_cap=hp["vllm_importance_sampling_cap"],
+        )
 
 
 @dataclass
@@ -93,10 +102,20 @@ class GroupBatch:
     loss: LossSettings
 
     @classmethod
-    def from_pack(cls, slot: str, packed: Mapping[str, Any], advantages: torch.Tensor, loss: LossSettings) -> "GroupBatch":
+    def from_pack(
+        cls, slot: str, packed: Mapping[str, Any], advantages: torch.Tensor, loss: LossSettings
+    ) -> GroupBatch:
         """From ``GroupActor._pack()``'s dict."""
-        return cls(slot, packed["input_ids"], packed["attention_mask"], packed["P"], packed["mask"],
-                   packed["old_logp"], advantages, loss)
+        return cls(
+            slot,
+            packed["input_ids"],
+            packed["attention_mask"],
+            packed["P"],
+            packed["mask"],
+            packed["old_logp"],
+            advantages,
+            loss,
+        )
 
 
 @dataclass
@@ -142,6 +161,7 @@ class NonFinite(Exception):
 
 
 # --- micro-batches -------------------------------------------------------------------------------
+
 
 def plan_micro_batches(jobs: list[tuple[int, int, int, int, int]], token_budget: int | None) -> list[list[Piece]]:
     """Packing of ``jobs`` = ``[(group, rows, P_g, L_g, route)]``, in order, into micro-batches of at most
@@ -196,8 +216,8 @@ def assemble(batches: list[GroupBatch], pieces: list[Piece], device: torch.devic
     for p in pieces:
         b, end = batches[p.group], start + p.hi - p.lo
         col = P - b.prompt_len  # the group's [P_g | L_g] starts here
-        ids[start:end, col:col + b.input_ids.size(1)] = b.input_ids[p.lo:p.hi]
-        attn[start:end, col:col + b.input_ids.size(1)] = b.attention_mask[p.lo:p.hi]
+        ids[start:end, col : col + b.input_ids.size(1)] = b.input_ids[p.lo : p.hi]
+        attn[start:end, col : col + b.input_ids.size(1)] = b.attention_mask[p.lo : p.hi]
         routes += [p.route] * (end - start)
         temps += [b.loss.temperature] * (end - start)
         spans.append((p, start, end))
@@ -223,16 +243,28 @@ def routed_logprobs(model: MultiLoRAModel, mb: MicroBatch, share_prompt: bool) -
         if len(first) < len(rows):
             head = P - 1  # each distinct prompt but its last token
             with model.route(mb.routes[first.cpu()]):
-                cache = model(input_ids=ids[first, :head], attention_mask=attn[first, :head],
-                              position_ids=position_ids[first, :head], use_cache=True, logits_to_keep=1).past_key_values
+                cache = model(
+                    input_ids=ids[first, :head],
+                    attention_mask=attn[first, :head],
+                    position_ids=position_ids[first, :head],
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).past_key_values
             cache.batch_select_indices(rows)  # [U, ...] -> [b, ...]
             with model.route(mb.routes):
-                logits = model(input_ids=ids[:, head:], attention_mask=attn, position_ids=position_ids[:, head:],
-                               past_key_values=cache, use_cache=True, logits_to_keep=L + 1).logits[:, :-1, :]  # [b, L, V]
+                logits = model(
+                    input_ids=ids[:, head:],
+                    attention_mask=attn,
+                    position_ids=position_ids[:, head:],
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=L + 1,
+                ).logits[:, :-1, :]  # [b, L, V]
     if logits is None:
         with model.route(mb.routes):
-            logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids,
-                           logits_to_keep=L + 1).logits[:, :-1, :]  # [b, L, V]
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=L + 1).logits[
+                :, :-1, :
+            ]  # [b, L, V]
     logp = torch.log_softmax(logits.float() / mb.temperature[:, None, None], dim=-1)  # [b, L, V]
     return logp.gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)  # [b, L]
 
@@ -240,8 +272,10 @@ def routed_logprobs(model: MultiLoRAModel, mb: MicroBatch, share_prompt: bool) -
 def _passes(model, batches, jobs, token_budget, share_prompt) -> Iterator[tuple[MicroBatch, torch.Tensor]]:
     """``(micro-batch, its [b, L] log-probs)`` for the rows of ``jobs`` = ``[(group, route)]``."""
     device = model.device
-    plan = plan_micro_batches([(g, batches[g].mask.size(0), batches[g].prompt_len, batches[g].mask.size(1), route)
-                               for g, route in jobs], token_budget)
+    plan = plan_micro_batches(
+        [(g, batches[g].mask.size(0), batches[g].prompt_len, batches[g].mask.size(1), route) for g, route in jobs],
+        token_budget,
+    )
     for pieces in plan:
         mb = assemble(batches, pieces, device)
         yield mb, routed_logprobs(model, mb, share_prompt)
@@ -249,8 +283,10 @@ def _passes(model, batches, jobs, token_budget, share_prompt) -> Iterator[tuple[
 
 # --- the step ------------------------------------------------------------------------------------
 
-def fused_grpo_step(model: MultiLoRAModel, batches: list[GroupBatch], token_budget: int | None = None,
-                    share_prompt: bool = True) -> list[GroupResult]:
+
+def fused_grpo_step(
+    model: MultiLoRAModel, batches: list[GroupBatch], token_budget: int | None = None, share_prompt: bool = True
+) -> list[GroupResult]:
     """One GRPO update of every group's slot; returns one ``GroupResult`` per batch, in order.
 
     ``token_budget``: max rows x padded width per micro-batch (None: all rows at once).
@@ -262,8 +298,13 @@ def fused_grpo_step(model: MultiLoRAModel, batches: list[GroupBatch], token_budg
     skipped = {g: r for g, b in enumerate(batches) if (r := _input_fault(b))}  # on the host, before any copy
     batches = [_on(b, model.device) for b in batches]
     ready = [g for g in range(len(batches)) if g not in skipped]
-    skipped.update({g: "non-finite adapter weights" for g, ok in zip(ready, finite_each([slots[g].params for g in ready]))
-                    if not ok})
+    skipped.update(
+        {
+            g: "non-finite adapter weights"
+            for g, ok in zip(ready, finite_each([slots[g].params for g in ready]))
+            if not ok
+        }
+    )
     while True:
         live = [g for g in range(len(batches)) if g not in skipped]
         try:
@@ -271,8 +312,10 @@ def fused_grpo_step(model: MultiLoRAModel, batches: list[GroupBatch], token_budg
             break
         except NonFinite as e:
             skipped.update(e.bad)
-    return [GroupResult(b.slot, skipped=True, reason=skipped[g], lr=slots[g].hparams.lr) if g in skipped
-            else done[g] for g, b in enumerate(batches)]
+    return [
+        GroupResult(b.slot, skipped=True, reason=skipped[g], lr=slots[g].hparams.lr) if g in skipped else done[g]
+        for g, b in enumerate(batches)
+    ]
 
 
 @dataclass
@@ -303,19 +346,23 @@ def _targets(model, batches, slots, live, token_budget, share_prompt) -> dict[in
     with ``beta > 0``, the trainer's old log-probs (rows on their slot) of groups with IS correction and
     ``num_iterations > 1``. With one iteration the old policy is the one of the training pass itself,
     so its log-probs (detached) are the old ones: no extra forward (TRL's own shortcut)."""
-    jobs = [(g, -1) for g in live if batches[g].loss.beta > 0] + \
-           [(g, slots[g].sid) for g in live if batches[g].loss.is_correction and batches[g].loss.num_iterations > 1]
+    jobs = [(g, -1) for g in live if batches[g].loss.beta > 0] + [
+        (g, slots[g].sid) for g in live if batches[g].loss.is_correction and batches[g].loss.num_iterations > 1
+    ]
     pre = {(g, route): torch.empty_like(batches[g].old_logp) for g, route in jobs}  # [B_g, L_g] each
     with torch.no_grad():
         for mb, logp in _passes(model, batches, jobs, token_budget, share_prompt):
             for p, s, e in mb.spans:
-                pre[p.group, p.route][p.lo:p.hi] = logp[s:e, :batches[p.group].mask.size(1)]
+                pre[p.group, p.route][p.lo : p.hi] = logp[s:e, : batches[p.group].mask.size(1)]
     out = {}
     for g in live:
         b = batches[g]
         old = pre.get((g, slots[g].sid)) if b.loss.is_correction else b.old_logp  # [B, L] or None
-        is_w = importance_weights(old, b.old_logp, b.mask, b.loss.is_mode, b.loss.is_cap) \
-            if b.loss.is_correction and old is not None else None
+        is_w = (
+            importance_weights(old, b.old_logp, b.mask, b.loss.is_mode, b.loss.is_cap)
+            if b.loss.is_correction and old is not None
+            else None
+        )
         out[g] = _Targets(old, is_w, pre.get((g, -1)), aggregation_weights(b.loss.loss_type, b.mask, b.loss.max_len))
     return out
 
@@ -323,12 +370,15 @@ def _targets(model, batches, slots, live, token_budget, share_prompt) -> dict[in
 def _group_loss(b: GroupBatch, t: _Targets, logp: torch.Tensor, rows: slice, log: _PassLog) -> torch.Tensor:
     """The weighted sum of one group's token losses on its ``rows``, as a group training alone computes it;
     ``logp`` [n, L] are those rows' log-probs in the micro-batch (L >= the group's L_g)."""
-    logp = logp[:, :b.mask.size(1)]  # [n, L_g]
+    logp = logp[:, : b.mask.size(1)]  # [n, L_g]
     old = t.old[rows] if t.old is not None else logp.detach()
     tok, clipped = clipped_token_loss(logp, old, b.advantages[rows], b.loss.epsilon_low, b.loss.epsilon_high)
     if b.loss.is_correction:
-        is_w = t.is_weights[rows] if t.is_weights is not None else \
-            importance_weights(old, b.old_logp[rows], b.mask[rows], b.loss.is_mode, b.loss.is_cap)
+        is_w = (
+            t.is_weights[rows]
+            if t.is_weights is not None
+            else importance_weights(old, b.old_logp[rows], b.mask[rows], b.loss.is_mode, b.loss.is_cap)
+        )
         tok = tok * is_w
         if t.is_weights is None:
             if log.is_weights is None:
@@ -353,13 +403,19 @@ def _step(model, batches, slots, live, token_budget, share_prompt) -> dict[int, 
             for g in active:
                 slots[g].optimizer.zero_grad(set_to_none=True)
                 b = batches[g]
-                logs[g] = _PassLog(torch.empty_like(b.old_logp), torch.empty_like(b.mask), torch.empty_like(b.mask),
-                                   torch.zeros((), device=b.mask.device))
+                logs[g] = _PassLog(
+                    torch.empty_like(b.old_logp),
+                    torch.empty_like(b.mask),
+                    torch.empty_like(b.mask),
+                    torch.zeros((), device=b.mask.device),
+                )
             # 5b. per micro-batch: one forward, each group's weighted token losses, one backward of their sum;
             # rows never mix, so a non-finite loss only reaches its own slot's gradient (checked below)
             for mb, logp in _passes(model, batches, [(g, slots[g].sid) for g in active], token_budget, share_prompt):
-                parts = [_group_loss(batches[p.group], targets[p.group], logp[s:e], slice(p.lo, p.hi), logs[p.group])
-                         for p, s, e in mb.spans]
+                parts = [
+                    _group_loss(batches[p.group], targets[p.group], logp[s:e], slice(p.lo, p.hi), logs[p.group])
+                    for p, s, e in mb.spans
+                ]
                 for (p, _, _), x in zip(mb.spans, parts):
                     logs[p.group].loss = logs[p.group].loss + x.detach()
                 with model.route(mb.routes):  # the same routing for recomputed layers (activation checkpointing)
@@ -367,17 +423,25 @@ def _step(model, batches, slots, live, token_budget, share_prompt) -> dict[int, 
             # 6. each slot: its own clip, then (its loss and gradient finite) its own step
             norms = [torch.nn.utils.clip_grad_norm_(slots[g].params, slots[g].hparams.max_grad_norm) for g in active]
             checks = torch.stack([logs[g].loss for g in active] + norms).tolist()  # one sync per pass
-            losses, norm_values = checks[:len(active)], checks[len(active):]
+            losses, norm_values = checks[: len(active)], checks[len(active) :]
             bad = {g: f"non-finite loss (pass {k})" for g, x in zip(active, losses) if not math.isfinite(x)}
-            bad.update({g: f"non-finite gradient norm {n} (pass {k})" for g, n in zip(active, norm_values)
-                        if not math.isfinite(n) and g not in bad})
+            bad.update(
+                {
+                    g: f"non-finite gradient norm {n} (pass {k})"
+                    for g, n in zip(active, norm_values)
+                    if not math.isfinite(n) and g not in bad
+                }
+            )
             if bad:
                 raise NonFinite(bad)
             for g, n in zip(active, norm_values):
                 slots[g].optimizer.step()
                 logs[g].grad_norm = n
-        bad = {g: "non-finite weights after the optimizer step" for g, ok in
-               zip(live, finite_each([slots[g].params for g in live])) if not ok}
+        bad = {
+            g: "non-finite weights after the optimizer step"
+            for g, ok in zip(live, finite_each([slots[g].params for g in live]))
+            if not ok
+        }
         if bad:  # a finite step to non-finite weights (e.g. a huge lr)
             raise NonFinite(bad)
     except NonFinite:
@@ -397,7 +461,7 @@ class _Snapshot:
     state: list[torch.Tensor]  # copies of the state tensors that existed, in order
 
     @classmethod
-    def take(cls, slot: Slot) -> "_Snapshot":
+    def take(cls, slot: Slot) -> _Snapshot:
         params = slot.params
         had = [p in slot.optimizer.state for p in params]
         with torch.no_grad():  # x * 1.0 == x bit for bit, inf and nan included
@@ -419,8 +483,9 @@ class _Snapshot:
 
 
 def _state_tensors(slot: Slot, params: list[torch.Tensor], had: list[bool]) -> list[torch.Tensor]:
-    return [v for p, h in zip(params, had) if h for _, v in sorted(slot.optimizer.state[p].items())
-            if torch.is_tensor(v)]
+    return [
+        v for p, h in zip(params, had) if h for _, v in sorted(slot.optimizer.state[p].items()) if torch.is_tensor(v)
+    ]
 
 
 def finite_each(param_lists: list[list[torch.Tensor]]) -> list[bool]:
@@ -429,8 +494,10 @@ def finite_each(param_lists: list[list[torch.Tensor]]) -> list[bool]:
         return []
     with torch.no_grad():
         # x * 0 is 0 where x is finite and nan where not: the norm of it all is 0 or nan
-        norms = [torch.stack(torch._foreach_norm(torch._foreach_mul(ps, 0.0))).sum() if ps else torch.zeros(())
-                 for ps in param_lists]
+        norms = [
+            torch.stack(torch._foreach_norm(torch._foreach_mul(ps, 0.0))).sum() if ps else torch.zeros(())
+            for ps in param_lists
+        ]
         return [x == 0.0 for x in torch.stack([n.to(norms[0].device) for n in norms]).tolist()]
 
 
@@ -441,22 +508,45 @@ def _results(batches, slots, logs, targets, live) -> dict[int, GroupResult]:
         b, log = batches[g], logs[g]
         is_w = targets[g].is_weights if targets[g].is_weights is not None else log.is_weights
         n = b.mask.sum().clamp(min=1.0)
-        rows.append(torch.stack([log.loss.float(), (log.kl * b.mask).sum() / n, (log.clipped * b.mask).sum() / n,
-                                 (is_w.expand_as(b.mask) * b.mask).sum() / n if is_w is not None
-                                 else torch.full((), math.nan, device=n.device)]))
+        rows.append(
+            torch.stack(
+                [
+                    log.loss.float(),
+                    (log.kl * b.mask).sum() / n,
+                    (log.clipped * b.mask).sum() / n,
+                    (is_w.expand_as(b.mask) * b.mask).sum() / n
+                    if is_w is not None
+                    else torch.full((), math.nan, device=n.device),
+                ]
+            )
+        )
     values = torch.stack(rows).tolist() if rows else []
     logp = [logs[g].logp.cpu() for g in live]
-    return {g: GroupResult(batches[g].slot, loss=loss, kl=kl, clip_ratio=clip, grad_norm=logs[g].grad_norm,
-                           lr=slots[g].optimizer.param_groups[0]["lr"], logp=lp, is_weight_mean=isw)
-            for g, (loss, kl, clip, isw), lp in zip(live, values, logp)}
+    return {
+        g: GroupResult(
+            batches[g].slot,
+            loss=loss,
+            kl=kl,
+            clip_ratio=clip,
+            grad_norm=logs[g].grad_norm,
+            lr=slots[g].optimizer.param_groups[0]["lr"],
+            logp=lp,
+            is_weight_mean=isw,
+        )
+        for g, (loss, kl, clip, isw), lp in zip(live, values, logp)
+    }
 
 
 def _input_fault(b: GroupBatch) -> str:
     """Why a group cannot train, from its batch on the host before anything runs ('' if it can)."""
     B, width = b.input_ids.shape
     L = width - b.prompt_len
-    for name, t, shape in (("attention_mask", b.attention_mask, (B, width)), ("mask", b.mask, (B, L)),
-                           ("old_logp", b.old_logp, (B, L)), ("advantages", b.advantages, (B,))):
+    for name, t, shape in (
+        ("attention_mask", b.attention_mask, (B, width)),
+        ("mask", b.mask, (B, L)),
+        ("old_logp", b.old_logp, (B, L)),
+        ("advantages", b.advantages, (B,)),
+    ):
         if tuple(t.shape) != shape:
             raise ValueError(f"batch of slot {b.slot!r}: {name} has shape {tuple(t.shape)}, expected {shape}")
     if b.loss.num_iterations < 1 or b.loss.loss_type not in LOSS_AGGREGATION:
@@ -469,5 +559,13 @@ def _input_fault(b: GroupBatch) -> str:
 
 
 def _on(b: GroupBatch, device: torch.device) -> GroupBatch:
-    return GroupBatch(b.slot, b.input_ids.to(device), b.attention_mask.to(device), b.prompt_len,
-                      b.mask.to(device).float(), b.old_logp.to(device).float(), b.advantages.to(device).float(), b.loss)
+    return GroupBatch(
+        b.slot,
+        b.input_ids.to(device),
+        b.attention_mask.to(device),
+        b.prompt_len,
+        b.mask.to(device).float(),
+        b.old_logp.to(device).float(),
+        b.advantages.to(device).float(),
+        b.loss,
+    )

@@ -16,9 +16,10 @@ takes bf16 only, and the LoRA path is float32 as in PEFT.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,10 @@ def row_segments(rows: torch.Tensor, device: torch.device | str | None = None) -
     for i, sid in enumerate(rows.tolist()):
         if sid >= 0:
             where.setdefault(sid, []).append(i)
-    return [(sid, slice(idx[0], idx[-1] + 1) if idx[-1] - idx[0] + 1 == len(idx)
-             else torch.tensor(idx, device=device)) for sid, idx in where.items()]
+    return [
+        (sid, slice(idx[0], idx[-1] + 1) if idx[-1] - idx[0] + 1 == len(idx) else torch.tensor(idx, device=device))
+        for sid, idx in where.items()
+    ]
 
 
 class MultiLoRALinear(nn.Module):
@@ -99,9 +102,13 @@ class MultiLoRALinear(nn.Module):
             k, n, lo = len(run), run[0][1].stop - run[0][1].start, run[0][1].start
             a = torch.stack([self.lora_A[str(sid)] for sid, _ in run]).to(dtype)  # [k, r, in]
             b = torch.stack([self.lora_B[str(sid)] for sid, _ in run]).to(dtype)  # [k, out, r]
-            xs = x[lo:lo + k * n].to(dtype).reshape(k, -1, x.size(-1))  # [k, n*T, in]
+            xs = x[lo : lo + k * n].to(dtype).reshape(k, -1, x.size(-1))  # [k, n*T, in]
             scales = [self.scaling[sid] for sid, _ in run]
-            scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, dtype=dtype, device=a.device)[:, None, None]
+            scale = (
+                scales[0]
+                if len(set(scales)) == 1
+                else torch.tensor(scales, dtype=dtype, device=a.device)[:, None, None]
+            )
             delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * scale
             deltas.append((lo, lo + k * n, delta.reshape(k * n, *y.shape[1:])))  # [k*n, T, out]
         if not deltas:
@@ -130,9 +137,14 @@ def runs(segments: list[tuple[int, Rows]], lora_A: Mapping[str, torch.Tensor]) -
         if str(sid) not in lora_A:  # this slot does not target this layer
             continue
         last = out[-1][-1] if out else None
-        if (last is not None and isinstance(rows, slice) and isinstance(last[1], slice)
-                and rows.start == last[1].stop and rows.stop - rows.start == last[1].stop - last[1].start
-                and lora_A[str(sid)].shape == lora_A[str(last[0])].shape):
+        if (
+            last is not None
+            and isinstance(rows, slice)
+            and isinstance(last[1], slice)
+            and rows.start == last[1].stop
+            and rows.stop - rows.start == last[1].stop - last[1].start
+            and lora_A[str(sid)].shape == lora_A[str(last[0])].shape
+        ):
             out[-1].append((sid, rows))
         else:
             out.append([(sid, rows)])
@@ -202,7 +214,7 @@ class MultiLoRAModel(nn.Module):
         """Where the base lives (and the slots, and the batches the fused step builds)."""
         return next(self.base.parameters()).device
 
-    def train(self, mode: bool = True) -> "MultiLoRAModel":
+    def train(self, mode: bool = True) -> MultiLoRAModel:
         """No-op: the base stays in eval mode (dropout would make fused and separate runs differ)."""
         return self
 
@@ -225,8 +237,12 @@ class MultiLoRAModel(nn.Module):
 
     def targets(self, spec: LoraSpec) -> list[str]:
         """Module names a slot of this ``spec`` targets: exactly PEFT's for the same ``LoraConfig``."""
-        names = peft_targets(self._names, self._all_linear, spec.peft_config(),
-                             getattr(getattr(self.base, "config", None), "model_type", None))
+        names = peft_targets(
+            self._names,
+            self._all_linear,
+            spec.peft_config(),
+            getattr(getattr(self.base, "config", None), "model_type", None),
+        )
         for n in names:
             if not isinstance(self._linear(n), nn.Linear):
                 raise ValueError(f"target {n!r} is a {type(self._linear(n)).__name__}; only nn.Linear is supported")
@@ -234,8 +250,9 @@ class MultiLoRAModel(nn.Module):
             raise ValueError(f"target_modules {spec.target_modules!r} match no module of the base model")
         return names
 
-    def add_slot(self, name: str, lora: LoraSpec | Mapping[str, Any], seed: int,
-                 hparams: SlotHParams | Mapping[str, Any]) -> Slot:
+    def add_slot(
+        self, name: str, lora: LoraSpec | Mapping[str, Any], seed: int, hparams: SlotHParams | Mapping[str, Any]
+    ) -> Slot:
         """A new slot initialised as ``torch.manual_seed(seed); get_peft_model(base, cfg)`` (B = 0:
         version 0 is the base), with its own AdamW. ``lora``: r, alpha, dropout (0), target_modules."""
         if name in self.slots:

@@ -41,9 +41,17 @@ class TrainJob:
 class TrainerService:
     """Used as ``ray.remote(TrainerService)``; state lives here, not in globals."""
 
-    def __init__(self, model_path: str, slots: dict[str, SlotSpec], device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None, share_prompts: bool = True, token_budget: int | None = None,
-                 checkpointing: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        slots: dict[str, SlotSpec],
+        device: str = "cpu",
+        dtype: str = "float32",
+        num_threads: int | None = None,
+        share_prompts: bool = True,
+        token_budget: int | None = None,
+        checkpointing: bool = False,
+    ):
         import torch
 
         from engine.models import load_base
@@ -135,8 +143,9 @@ class TrainerService:
         def write(item) -> tuple[str, Path]:
             group, (layout, flat) = item
             config = vllm_adapter_config(self.specs[group].lora, self.model_path, [k for k, _ in layout])
-            return group, write_adapter_dir(root, group, self.versions[group], config,
-                                            lambda path: write_safetensors(path, layout, flat))
+            return group, write_adapter_dir(
+                root, group, self.versions[group], config, lambda path: write_safetensors(path, layout, flat)
+            )
 
         flats = flat_adapters([self.model.slots[g] for g in groups], dtype)
         with ThreadPoolExecutor(max_workers=min(8, len(groups)) or 1) as pool:
@@ -181,8 +190,11 @@ class TrainerService:
         bad = [s.name for s, ok in zip(slots, finite_each([s.params for s in slots])) if not ok]
         if bad:  # never reached through train(); a guard against a bug elsewhere
             raise ValueError(f"groups {bad}: non-finite adapter weights; not checkpointed")
-        payloads = {g: {"adapter": st.adapter, "optimizer": st.optimizer, "version": self.versions[g], "hp": dict(hp)}
-                    for g, hp in hps.items() for st in [get_state(self.model.slots[g])]}
+        payloads = {
+            g: {"adapter": st.adapter, "optimizer": st.optimizer, "version": self.versions[g], "hp": dict(hp)}
+            for g, hp in hps.items()
+            for st in [get_state(self.model.slots[g])]
+        }
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorapop-checkpoint")
         self._saving = (directory, self._writer.submit(_write_checkpoint, directory, payloads))
@@ -231,7 +243,6 @@ class TrainerService:
         for g, path in dirs.items():
             save_slot(self.model.slots[g], path, self.model_path)
         return dirs
-
 
 
 def _write_checkpoint(directory: str, payloads: dict[str, dict]) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,10 +60,14 @@ class SlotHParams:
     """Clip of this slot's own gradient norm."""
 
     @classmethod
-    def from_grpo(cls, hp: Mapping[str, Any]) -> "SlotHParams":
+    def from_grpo(cls, hp: Mapping[str, Any]) -> SlotHParams:
         """From a group's ``grpo`` hyper-parameter dict (``GroupActor.hp``)."""
-        return cls(lr=hp["lr"], betas=tuple(hp["adam_betas"]), weight_decay=hp["weight_decay"],
-                   max_grad_norm=hp["max_grad_norm"])
+        return cls(
+            lr=hp["lr"],
+            betas=tuple(hp["adam_betas"]),
+            weight_decay=hp["weight_decay"],
+            max_grad_norm=hp["max_grad_norm"],
+        )
 
 
 @dataclass(eq=False)
@@ -105,6 +110,7 @@ class SlotState:
 
 # --- creation ------------------------------------------------------------------------------------
 
+
 def peft_default_init(shapes: list[tuple[int, int]], r: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """PEFT's default LoRA init of modules with ``(in_features, out_features)`` ``shapes``: A [r, in]
     ``kaiming_uniform_(a=sqrt(5))``, B [out, r] zeros, so the slot starts as the base.
@@ -124,8 +130,15 @@ def peft_default_init(shapes: list[tuple[int, int]], r: int, seed: int) -> list[
     return out
 
 
-def new_slot(name: str, sid: int, spec: LoraSpec, shapes: list[tuple[str, int, int]], seed: int,
-             hparams: SlotHParams, device: torch.device | str = "cpu") -> Slot:
+def new_slot(
+    name: str,
+    sid: int,
+    spec: LoraSpec,
+    shapes: list[tuple[str, int, int]],
+    seed: int,
+    hparams: SlotHParams,
+    device: torch.device | str = "cpu",
+) -> Slot:
     """A fresh slot over ``shapes`` = ``[(module, in_features, out_features)]`` (in module order)."""
     init = peft_default_init([(i, o) for _, i, o in shapes], spec.r, seed)
     lora_A = [nn.Parameter(a.to(device)) for a, _ in init]
@@ -145,6 +158,7 @@ def set_hparams(slot: Slot, **changes: Any) -> SlotHParams:
 
 
 # --- PEFT format ---------------------------------------------------------------------------------
+
 
 def peft_key(module: str, which: str) -> str:
     """PEFT's state-dict key of a module's ``lora_A``/``lora_B`` weight (adapter name dropped, as PEFT saves)."""
@@ -166,7 +180,9 @@ def flat_adapter(slot: Slot, dtype: str = "float32") -> tuple[list[tuple[str, tu
     return flat_adapters([slot], dtype)[0]
 
 
-def flat_adapters(slots: list[Slot], dtype: str = "float32") -> list[tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]]:
+def flat_adapters(
+    slots: list[Slot], dtype: str = "float32"
+) -> list[tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]]:
     """``flat_adapter`` of each slot, from one cast and one device-to-host copy for all of them (each
     slot's flat tensor a view of that host buffer)."""
     if not slots:
@@ -177,7 +193,7 @@ def flat_adapters(slots: list[Slot], dtype: str = "float32") -> list[tuple[list[
     out, offset = [], 0
     for n in named:
         size = sum(p.numel() for _, p in n)
-        out.append(([(k, tuple(p.shape)) for k, p in n], flat[offset:offset + size]))
+        out.append(([(k, tuple(p.shape)) for k, p in n], flat[offset : offset + size]))
         offset += size
     return out
 
@@ -190,7 +206,7 @@ def state_dicts(slots: list[Slot], dtype: str = "float32") -> dict[str, dict[str
         out[slot.name], offset = {}, 0
         for k, shape in layout:
             n = math.prod(shape)
-            out[slot.name][k] = flat[offset:offset + n].view(shape).clone()
+            out[slot.name][k] = flat[offset : offset + n].view(shape).clone()
             offset += n
     return out
 
@@ -208,7 +224,11 @@ def write_safetensors(path: str | Path, layout: list[tuple[str, tuple[int, ...]]
     offset = 0
     for key, shape in layout:
         n = math.prod(shape) * size
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[flat.dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[key] = {
+            "dtype": _SAFETENSORS_DTYPES[flat.dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     if offset != flat.numel() * size:
         raise ValueError(f"layout covers {offset} bytes, the buffer has {flat.numel() * size}")
@@ -222,15 +242,20 @@ def write_safetensors(path: str | Path, layout: list[tuple[str, tuple[int, ...]]
 
 def load_state_dict(slot: Slot, adapter: Mapping[str, torch.Tensor]) -> None:
     """Copy a PEFT-format state dict into the slot's weights; keys and shapes must match exactly."""
-    expected = {peft_key(m, w): p for m, a, b in zip(slot.modules, slot.lora_A, slot.lora_B)
-                for w, p in (("lora_A", a), ("lora_B", b))}
+    expected = {
+        peft_key(m, w): p
+        for m, a, b in zip(slot.modules, slot.lora_A, slot.lora_B)
+        for w, p in (("lora_A", a), ("lora_B", b))
+    }
     missing, unexpected = sorted(set(expected) - set(adapter)), sorted(set(adapter) - set(expected))
     if missing or unexpected:
         raise ValueError(f"adapter does not fit slot {slot.name!r}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     with torch.no_grad():
         for k, p in expected.items():
             if tuple(adapter[k].shape) != tuple(p.shape):
-                raise ValueError(f"slot {slot.name!r}: {k} has shape {tuple(adapter[k].shape)}, expected {tuple(p.shape)}")
+                raise ValueError(
+                    f"slot {slot.name!r}: {k} has shape {tuple(adapter[k].shape)}, expected {tuple(p.shape)}"
+                )
             p.copy_(adapter[k])
 
 
@@ -245,8 +270,9 @@ def save_slot(slot: Slot, path: str | Path, base_model_name_or_path: str | None 
     cfg = LoraSpec(slot.spec.r, slot.spec.alpha, slot.spec.dropout, list(slot.modules)).peft_config()
     cfg.base_model_name_or_path = base_model_name_or_path
     cfg.save_pretrained(str(out))
-    save_file({k: v.contiguous() for k, v in state_dict(slot).items()}, str(out / ADAPTER_WEIGHTS),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state_dict(slot).items()}, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"}
+    )
     return out
 
 
@@ -260,12 +286,15 @@ def load_slot(slot: Slot, source: str | Path | Mapping[str, torch.Tensor]) -> No
     src = Path(source)
     cfg = json.loads((src / ADAPTER_CONFIG).read_text())
     if cfg.get("r") != slot.spec.r or float(cfg.get("lora_alpha")) != float(slot.spec.alpha):
-        raise ValueError(f"{src}: r={cfg.get('r')}, lora_alpha={cfg.get('lora_alpha')} do not match slot "
-                         f"{slot.name!r} (r={slot.spec.r}, alpha={slot.spec.alpha})")
+        raise ValueError(
+            f"{src}: r={cfg.get('r')}, lora_alpha={cfg.get('lora_alpha')} do not match slot "
+            f"{slot.name!r} (r={slot.spec.r}, alpha={slot.spec.alpha})"
+        )
     load_state_dict(slot, load_file(str(src / ADAPTER_WEIGHTS)))
 
 
 # --- copies and checkpoints ----------------------------------------------------------------------
+
 
 def get_state(slot: Slot, device: torch.device | str = "cpu") -> SlotState:
     """A deep copy of the slot's adapter, optimizer state and hyper-parameters, on ``device`` (to the
@@ -274,8 +303,11 @@ def get_state(slot: Slot, device: torch.device | str = "cpu") -> SlotState:
     if torch.device(device).type == "cpu":
         adapter, optimizer = host_copy((adapter, optimizer))
         return SlotState(adapter=adapter, optimizer=optimizer, hparams=slot.hparams)
-    return SlotState(adapter={k: v.to(device, copy=True) for k, v in adapter.items()},
-                     optimizer=_to(copy.deepcopy(optimizer), device), hparams=slot.hparams)
+    return SlotState(
+        adapter={k: v.to(device, copy=True) for k, v in adapter.items()},
+        optimizer=_to(copy.deepcopy(optimizer), device),
+        hparams=slot.hparams,
+    )
 
 
 def host_copy(obj: Any) -> Any:
@@ -304,7 +336,7 @@ def host_copy(obj: Any) -> Any:
             flat = torch.cat([leaves[i].detach().reshape(-1) for i in idx]).cpu()  # cat copies: never aliased
             offset = 0
             for i in idx:
-                copies[i] = flat[offset:offset + leaves[i].numel()].view(leaves[i].shape)
+                copies[i] = flat[offset : offset + leaves[i].numel()].view(leaves[i].shape)
                 offset += leaves[i].numel()
     counter = iter(range(len(leaves)))
 
@@ -322,8 +354,11 @@ def host_copy(obj: Any) -> Any:
 
 def _named_params(slot: Slot) -> list[tuple[str, nn.Parameter]]:
     """``(PEFT key, parameter)`` in PEFT's order."""
-    return [(peft_key(m, w), p) for m, a, b in zip(slot.modules, slot.lora_A, slot.lora_B)
-            for w, p in (("lora_A", a), ("lora_B", b))]
+    return [
+        (peft_key(m, w), p)
+        for m, a, b in zip(slot.modules, slot.lora_A, slot.lora_B)
+        for w, p in (("lora_A", a), ("lora_B", b))
+    ]
 
 
 def set_state(slot: Slot, state: SlotState, hparams: bool = True) -> None:
