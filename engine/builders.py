@@ -86,18 +86,19 @@ def build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: i
 
 def _build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: int | None):
     kwargs = {k: v for k, v in env.items() if k != "type"}
+    tags_kw: dict[str, Any] = tags  # keys name the envs' str tag parameters; mypy cannot match keys by name
     if env["type"] == "arithmetic":
         from envs.arithmetic import ArithmeticEnv
 
-        return ArithmeticEnv(seed=seed, **kwargs, **tags)
+        return ArithmeticEnv(seed=seed, **kwargs, **tags_kw)
     if env["type"] in ("medical", "legal", "financial"):
         from envs.domains import make_domain_env
 
-        return make_domain_env(env["type"], seed=seed, **kwargs, **tags)
+        return make_domain_env(env["type"], seed=seed, **kwargs, **tags_kw)
     if env["type"] == "code":
         from envs.code_task import CodeTaskEnv
 
-        return CodeTaskEnv(seed=seed, **kwargs, **tags)
+        return CodeTaskEnv(seed=seed, **kwargs, **tags_kw)
     if env["type"] == "dataset":
         from envs.dataset import DatasetEnv
 
@@ -105,7 +106,7 @@ def _build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: 
     if env["type"] == "guess":
         from envs.multiturn import GuessNumberEnv
 
-        return GuessNumberEnv(seed=seed, **kwargs, **tags)
+        return GuessNumberEnv(seed=seed, **kwargs, **tags_kw)
     if "role" in env:
         raise ValueError(f"env.type: {env['type']!r} is a game; its groups are played by the coordinator (build_games)")
     raise ValueError(f"env.type: unknown env {env['type']!r}")
@@ -114,14 +115,15 @@ def _build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: 
 def build_game(env: dict[str, Any], seed: int, tags: dict[str, str]):
     """The game object of a game agent's plan (the same for every agent of the game)."""
     kwargs = {k: v for k, v in env.items() if k not in ("type", "role", "game")}
+    tags_kw: dict[str, Any] = tags  # keys name the envs' str tag parameters; mypy cannot match keys by name
     if env["type"] == "signaling":
         from envs.signaling import SignalingGame
 
-        return SignalingGame(seed=seed, **kwargs, **tags)
+        return SignalingGame(seed=seed, **kwargs, **tags_kw)
     if env["type"] == "negotiation":
         from envs.negotiation import NegotiationGame
 
-        return NegotiationGame(seed=seed, **kwargs, **tags)
+        return NegotiationGame(seed=seed, **kwargs, **tags_kw)
     raise ValueError(f"env.type: {env['type']!r} is not a game")
 
 

@@ -209,6 +209,9 @@ class NegotiationEnvConfig(_Strict):
     max_turns: int = Field(4, ge=2, description="Turns (both players together) before the game ends without a deal.")
 
 
+GameEnvConfig = SignalingEnvConfig | NegotiationEnvConfig
+"""An env config of a game agent (one with a ``role`` and a ``game``)."""
+
 GAME_KINDS = ("signaling", "negotiation")
 ENV_REWARD_KINDS = ("guess", *GAME_KINDS)  # envs whose reward comes from the env: default rewards = [env_reward]
 
@@ -427,7 +430,7 @@ class TrainingConfig(_Strict):
     )
     share_prompts: Literal["auto"] | bool = Field(
         "auto",
-        description="Compute a prompt once for all the group_size samples that share it, in the trainer's forward and backward (same log-probs and gradients): auto = true for a cpu trainer (3.4x measured), false on cuda (slower there at 200-token prompts: one more forward's launches; bench/RESULTS.md).",
+        description="Compute each prompt once for the group_size samples that share it, in the trainer's forward and backward (same log-probs and gradients): auto = true on cpu, where it is faster, false on cuda, where it is slower (bench/RESULTS.md).",
     )
 
     @field_validator("micro_batch_tokens")
@@ -505,17 +508,18 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _games_complete(self) -> RunConfig:
         """Every game has one group per role, with the same game settings, replicas and batch shape."""
-        games: dict[str, list[GroupSpec]] = {}
+        games: dict[str, list[tuple[GroupSpec, GameEnvConfig]]] = {}
         for g in self.groups:
-            if g.env.type in GAME_KINDS:
-                games.setdefault(g.env.game or g.env.type, []).append(g)
-        for name, agents in games.items():
-            roles = [a.env.role for a in agents]
+            if isinstance(g.env, GameEnvConfig):  # the env types in GAME_KINDS
+                games.setdefault(g.env.game or g.env.type, []).append((g, g.env))
+        for name, agent_envs in games.items():
+            agents = [a for a, _ in agent_envs]
+            roles = [env.role for _, env in agent_envs]
             wanted = {"signaling": ["sender", "receiver"], "negotiation": ["first", "second"]}[agents[0].env.type]
             if sorted(roles) != sorted(wanted) or len({a.env.type for a in agents}) > 1:
                 raise ValueError(
                     f"game {name!r}: needs one group per role {wanted}, got "
-                    + ", ".join(f"{a.name} ({a.env.type}/{a.env.role})" for a in agents)
+                    + ", ".join(f"{a.name} ({env.type}/{env.role})" for a, env in agent_envs)
                 )
             first = agents[0]
             for a in agents[1:]:

@@ -482,10 +482,14 @@ class NoSignal:
             g = m["group"]
             if self._count(m):
                 fns = ", ".join(k.removeprefix("reward/") for k in m if k.startswith("reward/")) or "none"
+                why = (
+                    f"no reward function ({fns}) scored any sample"
+                    if m["reward"] != m["reward"]
+                    else f"each prompt's samples got the same reward, {m['reward']:.3g}, from reward functions {fns}"
+                )
                 msg = (
-                    f"group {g} learns nothing: every advantage has been 0 for {self.patience} steps (each prompt's "
-                    f"samples got the same reward, {m['reward']:.3g}, from reward functions {fns}); check that "
-                    f"the prompts ask for what the rewards score"
+                    f"group {g} learns nothing: every advantage has been 0 for {self.patience} steps ({why}); check "
+                    f"that the prompts ask for what the rewards score"
                 )
                 self.log(f"warning: {msg}")
                 events.append(event_row(step, g, "no_signal", msg, value=float(self.patience)))

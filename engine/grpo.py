@@ -23,14 +23,30 @@ EPS = 1e-4  # TRL's epsilon in the advantage denominator
 # --- step 4: advantages --------------------------------------------------------------------------
 
 
+def nanstd(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Unbiased std over ``dim`` of the values of ``x`` that are not NaN; 0 where fewer than two are.
+
+    A NaN is set to the mean of the others, which leaves their sum of squares as it is, and Bessel's
+    correction is redone for their count: without NaNs this is ``x.std(dim)`` bit for bit.
+
+    >>> nanstd(torch.tensor([[1.0, float("nan"), 3.0], [2.0, float("nan"), float("nan")]]), dim=1)
+    tensor([1.4142, 0.0000])
+    """
+    kept = ~x.isnan()
+    n = kept.sum(dim, keepdim=True)
+    filled = torch.where(kept, x, x.nanmean(dim, keepdim=True))
+    bessel = ((x.size(dim) - 1) / (n - 1)).sqrt()  # exactly 1 without NaNs
+    return torch.where(n > 1, filled.std(dim, keepdim=True) * bessel, 0.0).squeeze(dim)
+
+
 def _std_group(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """Std of each prompt's own group (the GRPO paper)."""
-    return rewards.view(-1, group_size).std(dim=1).repeat_interleave(group_size)
+    return nanstd(rewards.view(-1, group_size), dim=1).repeat_interleave(group_size)
 
 
 def _std_batch(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """One std over the whole batch (more robust for low-variance groups; TRL scale_rewards='batch')."""
-    return rewards.std().expand_as(rewards)
+    return nanstd(rewards.view(1, -1), dim=1).expand_as(rewards)
 
 
 def _std_none(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -46,12 +62,17 @@ ADVANTAGE_SCALING: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str) -> torch.Tensor:
-    """``A_i = (r_i - mean(r_group)) / (std + eps)``; ``rewards`` is [B] ordered prompt-major. Returns [B]."""
-    mean = rewards.view(-1, group_size).mean(dim=1).repeat_interleave(group_size)  # [B]
+    """``A_i = (r_i - mean(r_group)) / (std + eps)``; ``rewards`` is [B] ordered prompt-major. Returns [B].
+
+    A NaN reward marks an unscorable completion (every reward function returned None): as in TRL, it is
+    left out of its group's mean and of the std, and its advantage is 0. A group's one scorable row is
+    its mean: its advantage is 0 too (TRL's NaN std zeroes it; ``nanstd`` of one value is 0 here).
+    """
+    mean = rewards.view(-1, group_size).nanmean(dim=1).repeat_interleave(group_size)  # [B]
     centred = rewards - mean
-    if scale_rewards == "none":
-        return centred
-    return centred / (ADVANTAGE_SCALING[scale_rewards](rewards, group_size) + EPS)
+    if scale_rewards != "none":
+        centred = centred / (ADVANTAGE_SCALING[scale_rewards](rewards, group_size) + EPS)
+    return centred.masked_fill(rewards.isnan(), 0.0)
 
 
 # --- step 5: per-token log-probs and the loss ----------------------------------------------------
@@ -178,4 +199,5 @@ def aggregation_weights(loss_type: str, mask: torch.Tensor, max_len: int) -> tor
     probe = torch.ones_like(mask, dtype=torch.float32, requires_grad=True)
     with torch.enable_grad():
         LOSS_AGGREGATION[loss_type](probe, mask.float(), max_len).backward()
+    assert probe.grad is not None  # backward() just filled it
     return probe.grad.to(mask.dtype)

@@ -109,7 +109,8 @@ def load_base(path: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     quiet_libraries()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to): mypy sees it unbound
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -83,23 +83,24 @@ def build_random_llama(
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
     vocab = max(vocab_size or 0, len(tok))
+    dims: dict[str, Any] = llama_dims(size)  # all int; mypy cannot match a dict's keys to LlamaConfig's parameters
     config = LlamaConfig(
         vocab_size=vocab,
         max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
         initializer_range=initializer_range,
-        rope_theta=10000.0,
+        rope_theta=10000.0,  # type: ignore[call-arg]  # transformers 5 takes it into rope_parameters; 4.x names it
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        **llama_dims(size),
+        **dims,
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     with torch.device(device):
         model = LlamaForCausalLM(config)  # HF init: normal(0, initializer_range), norms at 1
-    model.to(torch.bfloat16).eval()
+    model.to(torch.bfloat16).eval()  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to): mypy sees it unbound
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)

@@ -1,4 +1,4 @@
-"""Parquet results of a run, in the layout of DESIGN.md.
+"""Parquet results of a run, in this layout (the README's "Results" section lists the whole run directory).
 
     runs/<run>/config.yaml              resolved config
     runs/<run>/steps/part-*.parquet     one row per (step, group)
@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -165,9 +166,9 @@ def reward_names(plans: Sequence) -> list[str]:
 EVENT_SCHEMA = table_schema("events")
 
 
-def event_row(step: int, group: str, kind: str, detail: str = "", **extra) -> dict:
+def event_row(step: int, group: str, kind: str, detail: str = "", **extra) -> dict[str, Any]:
     """One ``events/`` row (restart, failed, rebalance, reward_failure, ...)."""
-    row = {name: None for name in EVENT_SCHEMA.names}
+    row: dict[str, Any] = {name: None for name in EVENT_SCHEMA.names}
     row.update(step=step, group=group, kind=kind, detail=detail, **extra)
     return row
 

@@ -64,7 +64,7 @@ def leaderboard(
                 else math.nan,
                 "train_reward_first": float(s["reward"].head(window).mean()),
                 "train_reward_last": float(s["reward"].tail(window).mean()),
-                "best_step": int(s["step"].iloc[int(smooth.values.argmax())]),
+                "best_step": int(s["step"].iloc[int(smooth.fillna(-math.inf).values.argmax())]),
                 "steps": int(s["step"].max()),
                 "adapter_path": os.path.abspath(adapter_dirs[g]) if g in adapter_dirs else None,
             }

@@ -16,8 +16,8 @@ Two phases, each a stream of ``(prompt, target)`` pairs drawn from a seeded ``ra
 The vocabulary is generic on purpose: no built-in env's wording ("Objects", "Target", "Message",
 the domain tasks) occurs here, so what a group learns on those envs is learned by GRPO.
 
-Measured (see the closing notes of issue #4): with ``copy_steps=500`` at lr 5e-4 the copy heads
-formed for 4/4 seeds (400 steps: 5/6); at lr 3e-3 or higher they did not form within 1,200 steps.
+Measured when the recipe was made: with ``copy_steps=500`` at lr 5e-4 the copy heads formed for
+4/4 seeds (400 steps: 5/6); at lr 3e-3 or higher they did not form within 1,200 steps.
 """
 
 from __future__ import annotations

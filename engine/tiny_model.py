@@ -119,7 +119,7 @@ def write_build(out: Path, settings: dict[str, Any], log=print) -> dict[str, Any
     return manifest
 
 
-def build_cached(name: str, build: Callable[[Path], None], label: str, log=print) -> Path:
+def build_cached(name: str, build: Callable[[Path], object], label: str, log=print) -> Path:
     """``cache_root() / name``, built by ``build(tmp_dir)`` on first use: under a file lock, into a
     temporary directory renamed into place, so concurrent builders never see half a model."""
     root = cache_root()

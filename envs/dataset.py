@@ -186,6 +186,7 @@ class DatasetEnv(Env):
                 state = "missing" if column not in record else "empty"
                 raise DatasetError(f"{where}: column {column!r} is {state} (columns: {sorted(record)})")
         question = record[self.prompt_column]
+        prompt: list[dict] | str
         if isinstance(question, list):
             if not all(isinstance(m, dict) and "role" in m and "content" in m for m in question):
                 raise DatasetError(f"{where}: a list prompt must hold {{'role', 'content'}} messages")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 from fractions import Fraction
+from typing import Any
 
 from envs.task import Draw, GeneratedTaskEnv, round_half_up, table_kind
 
@@ -162,7 +163,7 @@ def _rate_table(rng: random.Random, language: str) -> Draw:
     text = _TABLE_TEXT[language]
     k = rng.randint(3, 5)
     products, tenths = rng.sample(tuple(PRODUCTS), k), rng.sample(RATE_TENTHS, k)
-    table = [[PRODUCTS[p][0], p, t // 10 if t % 10 == 0 else t / 10] for p, t in zip(products, tenths)]
+    table: list[list[Any]] = [[PRODUCTS[p][0], p, t // 10 if t % 10 == 0 else t / 10] for p, t in zip(products, tenths)]
     entries = [f"{code} {PRODUCTS[p][1][language]} {rate}%" for code, p, rate in table]
     kind = table_kind(rng)
     if kind == "pick":
@@ -182,6 +183,7 @@ def _rate_table(rng: random.Random, language: str) -> Draw:
 
 def _draw(rng: random.Random, task: str, difficulty: int) -> tuple[str, dict, int, str, str]:
     """Draw ``(template, params, decimals, answer, reasoning)`` for ``task`` at ``difficulty``."""
+    rate: int | float  # a yearly rate in percent (``_rate``)
     if task == "simple":
         if difficulty == 1:
             p, rate, years = rng.randrange(100, 5100, 100), rng.randint(1, 10), rng.randint(2, 5)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from typing import Any
 
 from envs.task import Draw, GeneratedTaskEnv, table_kind
 
@@ -299,7 +300,7 @@ def _fine_table(rng: random.Random, language: str) -> Draw:
     text = _TABLE_TEXT[language]
     k = rng.randint(3, 5)
     numbers, offences = sorted(rng.sample(ARTICLE_NUMBERS, k)), rng.sample(tuple(TABLE_OFFENCES), k)
-    table = [list(entry) for entry in zip(numbers, offences, rng.sample(TABLE_FINES, k))]
+    table: list[list[Any]] = [list(entry) for entry in zip(numbers, offences, rng.sample(TABLE_FINES, k))]
     kind = table_kind(rng)
     if kind == "reverse" and rng.random() < 0.5:
         kind = "article"

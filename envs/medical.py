@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from envs.task import Draw, GeneratedTaskEnv, round_half_up, table_kind
 
@@ -163,7 +164,7 @@ def _dose_table(rng: random.Random, language: str) -> Draw:
     ``[drug, mg/kg]`` pairs in the order shown, the question ``kind`` and what it ``asked``."""
     text = _TABLE_TEXT[language]
     drugs = rng.sample(DRUGS, rng.randint(3, 5))
-    table = [[drug, dose] for drug, dose in zip(drugs, rng.sample(DOSES_MG_PER_KG, len(drugs)))]
+    table: list[list[Any]] = [[drug, dose] for drug, dose in zip(drugs, rng.sample(DOSES_MG_PER_KG, len(drugs)))]
     kind = table_kind(rng)
     if kind == "pick":
         asked = rng.choice(("highest", "lowest"))

@@ -58,7 +58,7 @@ class SignalingGame(Game):
             return "sender"
         return "receiver" if state["pick"] is None else None
 
-    def observation(self, state: dict, role: str, first: bool) -> list[dict]:
+    def observation(self, state: dict, role: str, first: bool) -> list[dict] | str:
         objects = ", ".join(state["objects"])
         if role == "sender":
             system = f"You are the sender. Tell the receiver the target. Reply as {self.start}message{self.end}."

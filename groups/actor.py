@@ -40,9 +40,9 @@ def step_seed(seed: int, step: int) -> int:
 
 
 class GroupActor:
-    """Used as ``ray.remote(GroupActor)`` (its ``observe`` needs nothing remote; ``begin``/``prepare``/
-    ``finish`` are plain calls too, which the unit tests use). It holds no model: its adapter and
-    optimizer are its slot in the trainer service."""
+    """The coordinator runs it as ``ray.remote(GroupActor)``, but nothing in it uses Ray: it works as a
+    plain object too, as the unit tests use it. It holds no model: its adapter and optimizer are its
+    slot in the trainer service."""
 
     def __init__(self, plan: GroupPlan, model_path: str):
         """``model_path``: where the tokenizer is (the base model's directory)."""
@@ -125,6 +125,7 @@ class GroupActor:
             "greedy": False,
         }
         if rows is None:  # the next rows: however prompts_per_step changed (reallocate), none skipped or repeated
+            assert self.env is not None  # (a game agent, which has none, is given its rows)
             rows = self.env.rows_from(self._rows_used, hp["prompts_per_step"], step)
             self._rows_used += hp["prompts_per_step"]
         return self._begin(rows, hp["group_size"], sampling)
@@ -141,6 +142,7 @@ class GroupActor:
             "greedy": temperature == 0,
         }
         if rows is None:
+            assert self.env is not None  # (a game agent, which has none, is given its rows)
             rows = self.env.eval_rows(n)
         return self._begin(rows, 1 if temperature == 0 else samples, sampling)
 
@@ -166,6 +168,7 @@ class GroupActor:
         replies = self._episodes.record(result)
         request = None
         if self._env_rewards is not None:
+            assert isinstance(self.env, MultiTurnEnv)  # (``_begin`` keeps env rewards for one only)
             observations = {}
             for e, text in replies.items():
                 turn = self.env.step(self._states[e], text)
@@ -197,7 +200,7 @@ class GroupActor:
         rows = [eps.rows[t.row] for t in eps.transcripts]
         prompts = [t.prompt for t in eps.transcripts]
         completions = eps.completions()
-        columns = {
+        columns: dict[str, Any] = {
             k: [row.get(k) for row in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")
         }
         env_rewards = env_rewards if env_rewards is not None else self._env_rewards
@@ -233,8 +236,8 @@ class GroupActor:
         group_fault(self.name, step)
         # 3. rewards (one column per function) and correctness
         scored, correct = self._score(step, env_rewards, success)
-        rewards = torch.tensor(scored.total, dtype=torch.float32)  # [B]
-        # 4. group-relative advantages (over the episodes of one row)
+        rewards = torch.tensor(scored.masked_total, dtype=torch.float32)  # [B]; NaN: unscorable
+        # 4. group-relative advantages (over the episodes of one row; an unscorable one gets 0)
         advantages = group_advantages(rewards, G, hp["scale_rewards"])  # [B]
         packed = self._pack()  # ids [B, P+L], loss mask [B, L], sampler log-probs [B, L]
         max_len = hp["max_completion_length"] * max(t.turns for t in self._episodes.transcripts)
@@ -254,13 +257,14 @@ class GroupActor:
         mismatch = math.nan
         if result.logp is not None and hp["num_iterations"] == 1:
             mismatch = masked_mean((result.logp - sampler_logp).abs(), mask)
+        scorable = rewards[~rewards.isnan()]  # (TRL's reward metrics leave unscorable rows out)
         metrics = {
             "step": step,
             "group": self.name,
             "cohort": self.plan.cohort,
             "adapter_version": served,
-            "reward": float(rewards.mean()),
-            "reward_std": float(rewards.std()),
+            "reward": float(scorable.mean()) if len(scorable) else math.nan,
+            "reward_std": float(scorable.std()) if len(scorable) > 1 else math.nan,
             **{f"reward/{k}": _nanmean(v) for k, v in scored.per_function.items()},
             "reward_failures": len(scored.failures),
             "accuracy": _nanmean(correct),
@@ -292,7 +296,7 @@ class GroupActor:
                 "sample_index": i % G,
                 **self._sample_text(t),
                 "answer": str(eps.rows[t.row].get("answer")),
-                "reward": scored.total[i],
+                "reward": scored.masked_total[i],  # NaN (null) where no reward function scored the sample
                 **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
                 "correct": correct[i],
                 "advantage": float(advantages[i]),
@@ -358,7 +362,7 @@ class GroupActor:
                 "sample_index": i % n,
                 **self._sample_text(t),
                 "answer": str(eps.rows[t.row].get("answer")),
-                "reward": scored.total[i],
+                "reward": scored.masked_total[i],  # NaN (null) where no reward function scored the sample
                 **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
                 "correct": correct[i],
                 "format_ok": formatted[i],

@@ -127,6 +127,7 @@ class Episodes:
         """Tokens between the model's last turn and its next turn: end of turn, user message, generation prompt."""
         tok = self.tokenizer
         if not isinstance(t.messages, list):
+            assert t.messages is not None  # set with the episode's first prompt (it has prompt_ids)
             t.messages += text
             return tok(text, add_special_tokens=False)["input_ids"]
         before = tok.apply_chat_template(t.messages[:-1], add_generation_prompt=True, tokenize=False)

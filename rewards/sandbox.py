@@ -182,6 +182,7 @@ def run_sandboxed(
             start_new_session=True,
             close_fds=True,
         )
+        assert proc.stdin is not None  # stdin=PIPE
         try:
             proc.stdin.write(json.dumps(request).encode())  # the child reads all of stdin first thing
             proc.stdin.close()
@@ -210,6 +211,7 @@ def _read_until(proc: subprocess.Popen, deadline: float) -> tuple[bytes, bool]:
 
     Returns (output, timed_out).
     """
+    assert proc.stdout is not None  # stdout=PIPE
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
     buf = bytearray()

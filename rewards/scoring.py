@@ -22,25 +22,37 @@ class NonFiniteReward(ValueError):
 
 @dataclass
 class RewardResult:
-    """Rewards of one batch."""
+    """Rewards of one batch.
+
+    A row is *unscorable* when every function gave NaN for it (returned None, or failed on the batch).
+    As in TRL's ``GRPOTrainer``, training ignores such a row: ``masked_total`` holds NaN for it, so it
+    is left out of its group's mean and std, its advantage is 0 (``engine.grpo.group_advantages``) and
+    it is left out of the step's logged ``reward`` and ``reward_std``. Its ``total`` is 0.0 (the
+    ``reward`` of its ``samples`` and ``evals`` rows); its ``reward/<fn>`` columns are null.
+    """
 
     per_function: dict[str, list[float]]
     """Function name -> one reward per sample; NaN where it returned None or failed."""
     total: list[float]
-    """Weighted nansum over functions per sample; a row where every function is NaN totals 0.0."""
+    """Weighted nansum over functions per sample; an unscorable row totals 0.0 (not a real score)."""
     failures: dict[str, str]
     """Function name -> ``"ExceptionType: message"`` for each function that failed on this batch."""
 
     @property
     def unscorable(self) -> list[bool]:
-        """Per sample: True where every function gave NaN (its ``total`` 0.0 is not a real score).
-
-        TRL >= 1.x sets such rows to NaN and gives them zero advantage; the caller may do the same.
-        """
+        """Per sample: True where every function gave NaN."""
         if not self.per_function:
             return [True] * len(self.total)
-        matrix = np.array(list(self.per_function.values()), dtype=np.float64)  # [F, B]
-        return np.isnan(matrix).all(axis=0).tolist()
+        return [all(math.isnan(r) for r in rewards) for rewards in zip(*self.per_function.values())]
+
+    @property
+    def masked_total(self) -> list[float]:
+        """``total`` with NaN for each unscorable row: what advantages and the logged reward are computed from.
+
+        >>> RewardResult({"f": [1.0, math.nan]}, [1.0, 0.0], {}).masked_total
+        [1.0, nan]
+        """
+        return [math.nan if skip else t for t, skip in zip(self.total, self.unscorable)]
 
 
 def score(

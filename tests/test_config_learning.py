@@ -43,6 +43,8 @@ import pytest
 from rewards.text import extract_answer
 from tests.conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow  # end-to-end runs through a local Ray cluster (make test-fast leaves them out)
+
 LEARNING_STEPS = {"multiagent": 20, "multidomain": 16}
 
 

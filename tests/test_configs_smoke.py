@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import REPO, run_cli
 from tests.test_config_learning import LEARNING_STEPS
 
+pytestmark = pytest.mark.slow  # end-to-end runs through a local Ray cluster (make test-fast leaves them out)
+
 CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c.stem not in LEARNING_STEPS)
 # gpu.yaml's 8 groups on the CPU: one replica of its 4-replica cohort is the same code path, at 5 groups' cost
 SMOKE_OVERRIDES = {"gpu": ["groups.0.num_groups=1"]}

@@ -41,6 +41,56 @@ def test_advantage_sign_follows_reward():
     assert a[1] > 0 and (a[[0, 2, 3]] < 0).all()
 
 
+NAN = math.nan
+
+
+def _over_scorable_rows(groups: list[list[float]], scale_rewards: str) -> list[list[float]]:
+    """Advantages by hand from each group's scorable rewards alone (groups of any size)."""
+    every = torch.tensor([r for g in groups for r in g])
+    out = []
+    for g in groups:
+        r = torch.tensor(g)
+        centred = r - r.mean()
+        std = {"group": r.std(), "batch": every.std(), "none": None}[scale_rewards]
+        out.append((centred if std is None else centred / (std + 1e-4)).tolist())
+    return out
+
+
+@pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
+def test_an_unscorable_completion_gets_zero_advantage_and_leaves_the_baseline_alone(scale_rewards):
+    """As TRL: a NaN reward (every reward function returned None) is left out of its group's mean and
+    std, and out of the batch std; its advantage is 0."""
+    r = torch.tensor([1.0, NAN, 0.0, 2.0, 2.0, 5.0])  # G = 3: the first group's second row is unscorable
+    a = group_advantages(r, 3, scale_rewards)
+    first, second = _over_scorable_rows([[1.0, 0.0], [2.0, 2.0, 5.0]], scale_rewards)
+    assert a[1].item() == 0.0
+    assert a[[0, 2]].tolist() == pytest.approx(first, abs=1e-6)
+    assert a[3:].tolist() == pytest.approx(second, abs=1e-6)
+
+
+@pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
+def test_a_group_with_no_scorable_completion_has_zero_advantages(scale_rewards):
+    r = torch.tensor([NAN, NAN, 3.0, 1.0])
+    a = group_advantages(r, 2, scale_rewards)
+    assert a[:2].tolist() == [0.0, 0.0]
+    assert a[2:].tolist() == pytest.approx(_over_scorable_rows([[3.0, 1.0]], scale_rewards)[0], abs=1e-6)
+    assert group_advantages(torch.full((4,), NAN), 2, scale_rewards).tolist() == [0.0] * 4
+    # a group's one scorable row is its own mean: 0 as well (TRL: its NaN std zeroes it)
+    assert group_advantages(torch.tensor([NAN, 4.0, 1.0, 2.0]), 2, scale_rewards)[:2].tolist() == [0.0, 0.0]
+
+
+def test_nanstd_without_nans_is_std_bit_for_bit():
+    """So advantages of batches without unscorable rows are exactly what they were before NaN handling."""
+    from engine.grpo import nanstd
+
+    torch.manual_seed(0)
+    for rows, cols in [(4, 8), (16, 2), (1, 64), (3, 5)]:
+        x = torch.randn(rows, cols) * 10
+        assert torch.equal(nanstd(x, dim=1), x.std(dim=1))
+    x = torch.tensor([[1.0, NAN, 3.0, NAN], [NAN] * 4, [2.0, NAN, NAN, NAN]])
+    assert nanstd(x, dim=1).tolist() == pytest.approx([torch.tensor([1.0, 3.0]).std().item(), 0.0, 0.0])
+
+
 def test_k3_kl_by_hand():
     logp = torch.tensor([[math.log(0.5)]])
     ref = torch.tensor([[math.log(0.25)]])

@@ -10,6 +10,8 @@ import torch
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # end-to-end runs through a local Ray cluster (make test-fast leaves them out)
+
 STEPS = 3
 CONFIG = """
 seed: 3

@@ -16,6 +16,8 @@ import pytest
 from engine.results import TABLES, RunWriter, conform, read_table, table_schema
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # end-to-end runs through a local Ray cluster (make test-fast leaves them out)
+
 STEPS, PROMPTS, GROUP_SIZE, EVAL_PROMPTS = 4, 2, 4, 2
 
 # group a has a reward function b lacks (my_reward): once a fails, later rows carry no reward/my_reward

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # end-to-end runs through a local Ray cluster (make test-fast leaves them out)
+
 # three replicas-in-spirit of one task in one cohort; "lazy" cannot learn (lr 0)
 POPULATION = """
 seed: 5

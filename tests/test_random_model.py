@@ -33,7 +33,12 @@ def test_custom_size_builds_and_loads(tmp_path):
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out.shape == (1, ids.shape[1] + 4) or out.shape[1] < ids.shape[1] + 4  # stopped at eos, or 4 new tokens
+    p = ids.shape[1]
+    assert out.shape[0] == 1 and torch.equal(out[0, :p], ids[0])  # the prompt, then what the model generated
+    new = out[0, p:].tolist()
+    assert model.generation_config.eos_token_id == tok.eos_token_id  # what generation stops at
+    assert len(new) == 4 or (1 <= len(new) < 4 and new[-1] == tok.eos_token_id)  # 4 new tokens, or stopped at eos
+    assert all(0 <= t < 300 for t in new)  # ids of the model's own vocabulary
     # same seed, same weights
     again = build_random_llama(tmp_path / "m2", dims, seed=3, vocab_size=300, device="cpu")
     a, b = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (path, again))

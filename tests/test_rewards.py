@@ -216,3 +216,73 @@ def test_an_infinite_reward_fails_its_function_and_nan_means_no_reward():
     assert "blows" in r.failures and "reward 1 is -inf" in r.failures["blows"]
     assert all(math.isnan(x) for x in r.per_function["blows"]) and "gaps" not in r.failures
     assert r.total == [1.0, 4.0]
+
+
+def test_unscorable_rows_are_flagged_and_masked_as_nan():
+    def none_first(prompts, completions, **kwargs):
+        return [None, 2.0, None]
+
+    def fails(prompts, completions, **kwargs):
+        raise RuntimeError("grader down")
+
+    result = score([("a", none_first, 1.0), ("b", fails, 1.0)], ["p"] * 3, ["x", "y", "z"], {})
+    assert result.unscorable == [True, False, True]
+    assert result.total == [0.0, 2.0, 0.0]  # the samples and evals tables' reward
+    assert math.isnan(result.masked_total[0]) and math.isnan(result.masked_total[2])
+    assert result.masked_total[1] == 2.0
+
+
+SKIPS = """
+def skips(prompts, completions, **kwargs):
+    # no reward (None) for a completion that says 'skip'; 1 for 'yes', 0 otherwise
+    texts = [c[0]["content"] for c in completions]
+    return [None if "skip" in t else float("yes" in t) for t in texts]
+"""
+
+
+def test_a_group_step_ignores_unscorable_completions_as_trl_does(tmp_path, tiny_model_path):
+    """Through the group actor (no Ray): a completion that no reward function scores gets advantage 0
+    and leaves its prompt's baseline alone; the step's ``reward`` / ``reward_std`` are over the scorable
+    completions only; its ``samples`` row has a null reward and null ``reward/<fn>``."""
+    import json
+
+    from engine.builders import group_plans
+    from engine.loading import load_config
+    from engine.rollout.types import RolloutResult
+    from engine.trainer.fused import GroupResult
+    from groups.actor import GroupActor
+
+    rows = [{"question": f"q{i}", "answer": str(i)} for i in range(4)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "skip_rewards.py").write_text(SKIPS)
+    (tmp_path / "c.yaml").write_text(
+        json.dumps(
+            {
+                "grpo": {"prompts_per_step": 2, "group_size": 3, "max_completion_length": 8},
+                "groups": [
+                    {
+                        "name": "a",
+                        "env": {"type": "dataset", "path": "data.jsonl", "eval_fraction": 0.0},
+                        "rewards": [{"name": "skip_rewards:skips"}],
+                    }
+                ],
+            }
+        )
+    )
+    cfg, config_dir = load_config(tmp_path / "c.yaml")
+    actor = GroupActor(group_plans(cfg, config_dir)[0], tiny_model_path)
+    request = actor.begin(1)
+    texts = ["yes", "skip", "no", "skip", "skip", "skip"]  # prompt 1: one unscorable; prompt 2: all
+    ids = [actor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    actor.observe(RolloutResult("a", 0, request.prompt_ids, ids, [[-1.0] * len(i) for i in ids], ["stop"] * 6))
+    job = actor.prepare(1)
+    a = 0.5 / (math.sqrt(0.5) + 1e-4)  # prompt 1's scorable rewards (1, 0): mean .5, std sqrt(.5)
+    assert job.batch.advantages.tolist() == pytest.approx([a, 0.0, -a, 0.0, 0.0, 0.0], abs=1e-6)
+    assert job.batch.advantages[[1, 3, 4, 5]].tolist() == [0.0] * 4
+    out = actor.finish(1, GroupResult("a", loss=0.0, grad_norm=0.0, lr=1e-5), 0.1, 0.1)
+    m = out["metrics"]
+    assert m["reward"] == pytest.approx(0.5) and m["reward_std"] == pytest.approx(math.sqrt(0.5))
+    samples = out["samples"]
+    assert [None if math.isnan(s["reward"]) else s["reward"] for s in samples] == [1.0, None, 0.0, None, None, None]
+    assert [math.isnan(s["reward/skips"]) for s in samples] == [False, True, False, True, True, True]
+    assert [s["advantage"] for s in samples] == pytest.approx([a, 0.0, -a, 0.0, 0.0, 0.0], abs=1e-6)

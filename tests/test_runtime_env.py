@@ -5,8 +5,11 @@ how each actor computed (a ``runtime`` row in events/)."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # end-to-end runs through a local Ray cluster (make test-fast leaves them out)
 
 CONFIG = """
 steps: 1

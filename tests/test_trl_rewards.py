@@ -106,6 +106,7 @@ def test_every_offline_trl_reward_scores_a_step_through_the_group_actor(tmp_path
     assert [x["solution"] for x in logged] == [solution] * 2  # TRL's accuracy_reward logs its own columns too
 
 
+@pytest.mark.slow
 def test_a_reward_that_fails_on_every_call_of_step_one_is_a_config_error(tmp_path):
     """exit 2 with the function's error, no traceback, no run directory left behind."""
     (tmp_path / "broken.py").write_text("def broken(prompts, completions, **kw):\n    raise KeyError('solution')\n")

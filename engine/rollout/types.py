@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RolloutRequest:
-    """``n`` completions for each prompt, generated with ``group``'s adapter."""
+    """``n`` completions for each prompt, generated with ``group``'s adapter.
+
+    What ``seed`` fixes depends on the backend. ``vllm`` seeds each completion from (``seed``,
+    prompt, sample) alone, so its random draws do not depend on the rest of the batch (though a
+    different batch may round differently in vLLM's kernels). ``hf`` runs the requests that share
+    sampling settings and ``max_new_tokens`` as one batch seeded from all their seeds in order, so a
+    request's completions repeat only when its whole batch does (the same step of the same
+    population, on the same adapter versions, hardware and software). Greedy requests use no seed.
+    """
 
     group: str
     prompt_ids: list[list[int]]  # one token list per prompt (chat template applied, not padded)
@@ -15,7 +23,7 @@ class RolloutRequest:
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
-    seed: int = 0  # generation seed; same request + same adapter version -> same completions
+    seed: int = 0  # sampling seed: per completion (vllm) or mixed into its batch's seed (hf); see above
     greedy: bool = False
 
 

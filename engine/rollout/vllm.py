@@ -20,8 +20,8 @@ name, never hands out KV blocks computed with the old adapter.
 Log-probs: the engine runs with ``logprobs_mode="processed_logprobs"``, i.e. the log-softmax of
 the logits after temperature (and after top-k/top-p, which renormalise over the kept tokens; with
 ``top_p=1`` this is exactly the ``hf`` backend's ``log_softmax(logits / T)``).
-Seeds: each completion is its own request with ``seed = f(request.seed, prompt, sample)``, so the
-same request gives the same completions regardless of what else is in the batch.
+Seeds: each completion is its own request with ``seed = f(request.seed, prompt, sample)``, so its
+random draws do not depend on what else is in the batch.
 Nothing is imported at module import time: this file imports on a CPU machine without vLLM.
 """
 
@@ -35,8 +35,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.rollout.types import RolloutRequest, RolloutResult
+
+if TYPE_CHECKING:
+    from vllm.lora.request import LoRARequest
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 
@@ -265,7 +269,7 @@ class VLLMRollout:
             seed=seed,
             **llm_kwargs,
         )
-        self.current: dict[str, object] = {}  # group -> LoRARequest of the version served now
+        self.current: dict[str, LoRARequest] = {}  # group -> LoRARequest of the version served now
         self.versions = {g: -1 for g in adapters}  # -1: no version published yet
         self.next_id = 1
         self.last_publish: dict[str, float] = {}  # timings of the last publish (seconds), for benchmarks

@@ -456,9 +456,9 @@ def _step(model, batches, slots, live, token_budget, share_prompt) -> dict[int, 
 class _Snapshot:
     """A slot's weights and optimizer state as they were (foreach copies: a few kernels per slot)."""
 
-    params: list[torch.Tensor]
+    params: tuple[torch.Tensor, ...]
     had_state: list[bool]  # per parameter: an optimizer state existed (else it is created by the step)
-    state: list[torch.Tensor]  # copies of the state tensors that existed, in order
+    state: tuple[torch.Tensor, ...]  # copies of the state tensors that existed, in order
 
     @classmethod
     def take(cls, slot: Slot) -> _Snapshot:
@@ -467,8 +467,8 @@ class _Snapshot:
         with torch.no_grad():  # x * 1.0 == x bit for bit, inf and nan included
             weights = torch._foreach_mul(params, 1.0)
             state = _state_tensors(slot, params, had)
-            state = torch._foreach_mul(state, 1.0) if state else []
-        return cls(weights, had, state)
+            copies = torch._foreach_mul(state, 1.0) if state else ()
+        return cls(weights, had, copies)
 
     def restore(self, slot: Slot) -> None:
         params = slot.params

@@ -19,13 +19,16 @@ import copy
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.trainer.slots import LoraSpec, Slot, SlotHParams, new_slot
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 Rows = slice | torch.Tensor  # the rows of one slot: a contiguous slice, or an index tensor
 
@@ -99,7 +102,9 @@ class MultiLoRALinear(nn.Module):
                     y = y.index_add(0, rows, delta)
                 continue
             # k adjacent slots with as many rows each and one rank: one batched GEMM pair for all k
-            k, n, lo = len(run), run[0][1].stop - run[0][1].start, run[0][1].start
+            first = run[0][1]
+            assert isinstance(first, slice)  # a run of several slots is of slices only (``runs``)
+            k, n, lo = len(run), first.stop - first.start, first.start
             a = torch.stack([self.lora_A[str(sid)] for sid, _ in run]).to(dtype)  # [k, r, in]
             b = torch.stack([self.lora_B[str(sid)] for sid, _ in run]).to(dtype)  # [k, out, r]
             xs = x[lo : lo + k * n].to(dtype).reshape(k, -1, x.size(-1))  # [k, n*T, in]
@@ -123,7 +128,9 @@ class MultiLoRALinear(nn.Module):
         return y
 
 
-def runs(segments: list[tuple[int, Rows]], lora_A: Mapping[str, torch.Tensor]) -> list[list[tuple[int, Rows]]]:
+def runs(
+    segments: list[tuple[int, Rows]], lora_A: Mapping[str, torch.Tensor] | nn.ParameterDict
+) -> list[list[tuple[int, Rows]]]:
     """The segments of the slots that target a layer (``lora_A``: its slots' A by str(sid)), cut into runs
     one batched GEMM can take: adjacent contiguous slices of one length and one rank (a run of one
     otherwise).
@@ -161,7 +168,8 @@ def peft_targets(module_names: list[str], all_linear: set[str], cfg: Any, model_
 
     cfg = copy.deepcopy(cfg)
     if cfg.target_modules is None:  # PEFT's per-architecture default
-        cfg.target_modules = set(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+        # (a None model type raises KeyError, as one PEFT has no default for does)
+        cfg.target_modules = set(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])  # type: ignore[index]
     if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear":
         cfg.target_modules = set(all_linear)
     return [n for n in module_names if n and check_target_module_exists(cfg, n)]  # an excluded module is falsy
@@ -175,7 +183,7 @@ class MultiLoRAModel(nn.Module):
     fused trainer implements no dropout).
     """
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: PreTrainedModel):
         from peft import LoraConfig
         from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 
@@ -188,7 +196,8 @@ class MultiLoRAModel(nn.Module):
         self._layers: dict[str, MultiLoRALinear] = {}  # module name -> installed layer
         self._names = [n for n, _ in base.named_modules()]  # before any install: the names PEFT matches
         probe = LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM")
-        self._all_linear = set(_maybe_include_all_linear_layers(probe, base).target_modules)
+        expanded = _maybe_include_all_linear_layers(probe, base)  # the LoraConfig it got, target_modules a set now
+        self._all_linear = set(expanded.target_modules)  # type: ignore[attr-defined]  # (typed as a PeftConfig)
         self._next_sid = 0
 
     def forward(self, **kwargs: Any) -> Any:
@@ -262,8 +271,8 @@ class MultiLoRAModel(nn.Module):
         if spec.dropout:
             raise ValueError("LoRA dropout is not implemented by the fused trainer: set lora.dropout to 0")
         modules = self.targets(spec)
-        shapes = [(n, self._linear(n).in_features, self._linear(n).out_features) for n in modules]
-        slot = new_slot(name, self._next_sid, spec, shapes, seed, hp, self._linear(modules[0]).weight.device)
+        shapes = [(n, self._target(n).in_features, self._target(n).out_features) for n in modules]
+        slot = new_slot(name, self._next_sid, spec, shapes, seed, hp, self._target(modules[0]).weight.device)
         self._next_sid += 1
         for n, a, b in zip(modules, slot.lora_A, slot.lora_B):
             self._install(n).add(slot.sid, a, b, slot.scale)
@@ -284,8 +293,12 @@ class MultiLoRAModel(nn.Module):
         """The base module originally at ``name`` (the wrapped ``nn.Linear`` where a layer is installed)."""
         return self._layers[name].base_layer if name in self._layers else self.base.get_submodule(name)
 
+    def _target(self, name: str) -> nn.Linear:
+        """``_linear`` of a module ``targets`` returned (it checked that the module is an ``nn.Linear``)."""
+        return cast(nn.Linear, self._linear(name))
+
     def _install(self, name: str) -> MultiLoRALinear:
         if name not in self._layers:
-            self._layers[name] = MultiLoRALinear(self.base.get_submodule(name), self.routing)
+            self._layers[name] = MultiLoRALinear(self._target(name), self.routing)
             self.base.set_submodule(name, self._layers[name])
         return self._layers[name]

@@ -13,10 +13,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.trainer.fused import GroupBatch, GroupResult
 from engine.trainer.slots import SlotHParams
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 
 @dataclass
@@ -68,8 +71,8 @@ class TrainerService:
             self.model.add_slot(name, spec.lora, spec.seed, spec.hparams)
         self.versions = {name: 0 for name in slots}
         self.publish_to: dict | None = None  # the rollout service's publish_target, asked at the first publish
-        self._writer = None  # a one-thread pool writing checkpoints in the background
-        self._saving = None  # (directory, future) of the checkpoint being written
+        self._writer: ThreadPoolExecutor | None = None  # a one-thread pool writing checkpoints in the background
+        self._saving: tuple[str, Future[None]] | None = None  # (directory, future) of the checkpoint being written
         self._written: list[str] = []  # checkpoint directories completed since the last wait_saved
 
     def runtime(self) -> str:

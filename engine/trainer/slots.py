@@ -88,8 +88,8 @@ class Slot:
     optimizer: torch.optim.AdamW = field(repr=False)
 
     @property
-    def params(self) -> list[nn.Parameter]:
-        """A then B, module by module (PEFT's parameter order)."""
+    def params(self) -> list[torch.Tensor]:
+        """A then B, module by module (PEFT's parameter order): a new list of the ``nn.Parameter`` objects."""
         return [p for pair in zip(self.lora_A, self.lora_B) for p in pair]
 
     @property
@@ -144,7 +144,8 @@ def new_slot(
     lora_A = [nn.Parameter(a.to(device)) for a, _ in init]
     lora_B = [nn.Parameter(b.to(device)) for _, b in init]
     params = [p for pair in zip(lora_A, lora_B) for p in pair]
-    optimizer = torch.optim.AdamW(params, lr=hparams.lr, betas=tuple(hparams.betas), weight_decay=hparams.weight_decay)
+    betas = (*hparams.betas,)  # a tuple even where the hyper-parameters came from a dict holding a list
+    optimizer = torch.optim.AdamW(params, lr=hparams.lr, betas=betas, weight_decay=hparams.weight_decay)
     return Slot(name, sid, spec, [m for m, _, _ in shapes], lora_A, lora_B, hparams, optimizer)
 
 
@@ -201,7 +202,7 @@ def flat_adapters(
 def state_dicts(slots: list[Slot], dtype: str = "float32") -> dict[str, dict[str, torch.Tensor]]:
     """``state_dict`` of each slot, cast to ``dtype`` on the slots' device and moved to the host in one
     copy (``flat_adapters``), then one host tensor per key."""
-    out = {}
+    out: dict[str, dict[str, torch.Tensor]] = {}
     for slot, (layout, flat) in zip(slots, flat_adapters(slots, dtype)):
         out[slot.name], offset = {}, 0
         for k, shape in layout:
@@ -237,7 +238,7 @@ def write_safetensors(path: str | Path, layout: list[tuple[str, tuple[int, ...]]
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
-        f.write(flat.contiguous().view(torch.uint8).numpy())  # the buffer itself, not a copy of it
+        f.write(flat.contiguous().view(torch.uint8).numpy().data)  # the buffer itself, not a copy of it
 
 
 def load_state_dict(slot: Slot, adapter: Mapping[str, torch.Tensor]) -> None:
