@@ -24,10 +24,10 @@ def tiny_service(groups: int):
     import torch
     from peft import get_peft_model, get_peft_model_state_dict
 
-    from engine.config import TinyModelConfig
-    from engine.models import load_base, peft_lora_config
+    from engine.config.schema import TinyModelConfig
+    from engine.models.base import load_base, peft_lora_config
+    from engine.models.tiny import ensure_tiny_model
     from engine.rollout.hf import HFRollout
-    from engine.tiny_model import ensure_tiny_model
 
     path = str(ensure_tiny_model(TinyModelConfig().model_dump()))
     names = [f"group{i}" for i in range(groups)]

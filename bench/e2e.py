@@ -208,7 +208,7 @@ def lorapop_config(args, device: str, vllm: bool) -> dict:
         "steps": args.steps,
         "base_model": args.model,
         "backend": "auto" if device == "cuda" else "hf",
-        "training": {"device": device, **json.loads(args.training)},  # defaults: see engine/config.py
+        "training": {"device": device, **json.loads(args.training)},  # defaults: see engine/config/schema.py
         **({"rollout": rollout} if (rollout := json.loads(args.rollout)) else {}),
         "eval_prompts": 0,
         "samples_per_step": 0,
@@ -365,7 +365,7 @@ def trl_worker(spec: dict) -> None:
 
 
 def run_trl(args, device: str, vllm: bool, model_path: str, tmp: Path) -> dict:
-    from engine.config import RolloutConfig
+    from engine.config.schema import RolloutConfig
 
     rollout = RolloutConfig()
     runs = []
@@ -548,8 +548,8 @@ def main() -> None:
 
     import torch
 
-    from engine.config import TinyModelConfig
-    from engine.models import resolve_base_model
+    from engine.config.schema import TinyModelConfig
+    from engine.models.base import resolve_base_model
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     vllm = device == "cuda" and importlib.util.find_spec("vllm") is not None

@@ -76,7 +76,7 @@ def peft_step(model, optimizer, job, device) -> None:
     """One group's GRPO step on a one-adapter PEFT model, as one TRL run's trainer takes it."""
     import torch
 
-    from engine.grpo import aggregation_weights, clipped_token_loss
+    from engine.trainer.grpo import aggregation_weights, clipped_token_loss
 
     b = job.batch
     ids, attn, mask = b.input_ids.to(device), b.attention_mask.to(device), b.mask.to(device)
@@ -112,8 +112,8 @@ def main() -> None:
     import torch
     from peft import get_peft_model
 
-    from engine.config import TinyModelConfig
-    from engine.models import load_base, peft_lora_config, resolve_base_model
+    from engine.config.schema import TinyModelConfig
+    from engine.models.base import load_base, peft_lora_config, resolve_base_model
     from engine.trainer.service import SlotSpec, TrainerService
     from engine.trainer.slots import SlotHParams
 

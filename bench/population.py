@@ -163,7 +163,7 @@ def validate(ap: argparse.ArgumentParser, cfgs: dict[str, dict]) -> None:
     not a failed run later."""
     from pydantic import ValidationError
 
-    from engine.config import RunConfig
+    from engine.config.schema import RunConfig
 
     for arm, cfg in cfgs.items():
         try:
@@ -290,8 +290,8 @@ def main() -> None:
         validate(ap, first)
         return
     validate(ap, first)
-    from engine.config import TinyModelConfig
-    from engine.models import resolve_base_model
+    from engine.config.schema import TinyModelConfig
+    from engine.models.base import resolve_base_model
 
     # builtin:tiny is built on first use when its recipe is not the shipped one: once, here, not inside a timed run
     resolve_base_model(args.model, TinyModelConfig().model_dump())

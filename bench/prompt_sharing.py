@@ -23,8 +23,8 @@ def main() -> None:
     import torch
     from peft import get_peft_model
 
-    import engine.grpo as grpo
-    from engine.models import load_base, peft_lora_config
+    import engine.trainer.grpo as grpo
+    from engine.models.base import load_base, peft_lora_config
     from engine.rollout.hf import HFRollout
     from envs.medical import MedicalEnv
 

@@ -3,7 +3,7 @@
     python bench/rollout.py --size 1b --groups 8 --prompts 32 --group-size 4 --tokens 256 --repeats 3 \
         --json $OUT/rollout.json
 
-One random Llama (engine/random_model.py, built on the GPU in seconds), one prompt set, run as:
+One random Llama (engine/models/random.py, built on the GPU in seconds), one prompt set, run as:
   - vLLM base-only: an engine without LoRA (the ceiling);
   - vLLM, every request on one adapter;
   - vLLM, mixed batches over 4 and over 8 adapters (what a population step sends);
@@ -87,7 +87,7 @@ def main() -> None:
     import torch
     from transformers import AutoConfig
 
-    from engine.random_model import build_random_llama
+    from engine.models.random import build_random_llama
     from engine.rollout.types import RolloutRequest
     from engine.rollout.vllm import VLLMRollout, build_llm, run_requests
 

@@ -51,11 +51,11 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress view."),
 ) -> None:
     """Train the population described by CONFIG and write Parquet results to the run directory."""
-    from engine.coordinator import RunStopped, default_run_dir
-    from engine.coordinator import resume as resume_population
-    from engine.coordinator import run as run_population
-    from engine.loading import ConfigError, load_config
-    from engine.progress import LiveProgress
+    from engine.config.loading import ConfigError, load_config
+    from engine.loop.coordinator import RunStopped, default_run_dir
+    from engine.loop.coordinator import resume as resume_population
+    from engine.loop.coordinator import run as run_population
+    from engine.loop.progress import LiveProgress
 
     if resume is not None:
         if config or overrides or run_dir:
@@ -110,9 +110,9 @@ def run(
 
 def _stopped(run_dir: Path, e: BaseException) -> None:
     """A run stopped by Ctrl-C (exit 130) or SIGTERM (143): where it got to and how to go on."""
-    from engine.checkpoint import latest_checkpoint
-    from engine.coordinator import RunStopped
-    from engine.results import part_step
+    from engine.loop.coordinator import RunStopped
+    from engine.results.checkpoint import latest_checkpoint
+    from engine.results.tables import part_step
 
     name = e.signal_name if isinstance(e, RunStopped) else "Ctrl-C"
     code = 143 if name == "SIGTERM" else 130
@@ -135,7 +135,7 @@ def _stopped(run_dir: Path, e: BaseException) -> None:
 
 
 def _finish(summary) -> None:
-    from engine.progress import leaderboard_table
+    from engine.loop.progress import leaderboard_table
 
     out.print(leaderboard_table(summary.leaderboard, title=f"leaderboard — {summary.run_dir}"))
     out.print(f"results: {summary.run_dir}  ({summary.seconds:.0f}s)")
@@ -154,7 +154,7 @@ def leaderboard(
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | markdown"),
 ) -> None:
     """Rank a run's groups by score (or every run's groups under a directory of runs)."""
-    from engine.progress import leaderboard_table, load_leaderboards
+    from engine.loop.progress import leaderboard_table, load_leaderboards
 
     if fmt not in ("table", "csv", "json", "markdown"):
         _fail(f"--format: expected table, csv, json or markdown, got {fmt!r}")
@@ -179,7 +179,7 @@ def plot(
 ) -> None:
     """Write a PNG of each group's reward and accuracy over steps (rebalancing and failures marked) and,
     when the run has held-out evaluations, its eval accuracy."""
-    from engine.plots import run_figure
+    from engine.results.plots import run_figure
 
     try:
         fig = run_figure(run_dir)
@@ -193,22 +193,23 @@ def plot(
 @app.command("build-tiny")
 def build_tiny(
     settings: list[str] | None = typer.Argument(
-        None, help="tiny_model settings to change, e.g. seed=1 copy_steps=400 (engine/config.py TinyModelConfig)."
+        None,
+        help="tiny_model settings to change, e.g. seed=1 copy_steps=400 (engine/config/schema.py TinyModelConfig).",
     ),
     out_dir: Path | None = typer.Option(
-        None, "--out", help="Output directory (default: the shipped engine/assets/builtin-tiny, replaced whole)."
+        None, "--out", help="Output directory (default: the shipped engine/models/assets/builtin-tiny, replaced whole)."
     ),
 ) -> None:
-    """Build builtin:tiny from its recipe (engine/tiny_model.py) and write it with a manifest of how it was built.
+    """Build builtin:tiny from its recipe (engine/models/tiny.py) and write it with a manifest of how it was built.
 
     With no settings and no --out this reproduces the weights the package ships; ATEN_CPU_CAPABILITY
     (default, avx2, avx512) picks the CPU kernels the build uses, and with them the exact weights.
     """
     from pydantic import ValidationError
 
-    from engine.config import TinyModelConfig
-    from engine.loading import format_validation
-    from engine.tiny_model import SHIPPED_DIR, write_build
+    from engine.config.loading import format_validation
+    from engine.config.schema import TinyModelConfig
+    from engine.models.tiny import SHIPPED_DIR, write_build
 
     fields: dict[str, str] = {}
     for item in settings or []:

@@ -19,7 +19,7 @@ class Env(ABC):
     """A source of prompts with verifiable answers for one group's GRPO steps."""
 
     # Seed of the held-out set. The replicas of a cohort train on different streams (their own seeds)
-    # but are evaluated on one held-out set, the cohort's (engine/builders.py sets it); None: ``seed``.
+    # but are evaluated on one held-out set, the cohort's (engine/config/builders.py sets it); None: ``seed``.
     eval_seed: int | None = None
 
     def held_out_seed(self) -> int:

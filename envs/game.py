@@ -11,7 +11,7 @@ from the same instance) and hands each agent's observations out turn by turn:
         episodes.record(group, replies)        # {episode: reply text}
     episodes.rewards()                         # {group: [reward per episode]}
 
-The coordinator (engine/population.py) batches all groups' turns of a round into one generate call.
+The coordinator (engine/loop/population.py) batches all groups' turns of a round into one generate call.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
-from engine.builders import GroupPlan, accuracy_fn, build_env, build_rewards
-from engine.faults import group_fault
+from engine.config.builders import GroupPlan, accuracy_fn, build_env, build_rewards
+from engine.config.faults import group_fault
 from engine.rollout.types import RolloutRequest, RolloutResult
 from envs.multiturn import MultiTurnEnv
 from groups.episodes import Episodes
@@ -46,7 +46,7 @@ class GroupActor:
 
     def __init__(self, plan: GroupPlan, model_path: str):
         """``model_path``: where the tokenizer is (the base model's directory)."""
-        from engine.models import load_tokenizer
+        from engine.models.base import load_tokenizer
 
         for p in plan.extra_sys_path:  # user reward modules named as 'module:function'
             if p not in sys.path:
@@ -98,7 +98,7 @@ class GroupActor:
 
     def _prompt_ids(self, prompt) -> list[int]:
         """Chat template (conversations) or the plain string -> token ids."""
-        from engine.models import prompt_ids
+        from engine.models.base import prompt_ids
 
         return prompt_ids(self.tokenizer, prompt)
 
@@ -227,8 +227,8 @@ class GroupActor:
         the game's success per episode from the coordinator."""
         import torch
 
-        from engine.grpo import group_advantages
         from engine.trainer.fused import GroupBatch, LossSettings
+        from engine.trainer.grpo import group_advantages
         from engine.trainer.service import TrainJob
         from engine.trainer.slots import SlotHParams
 
@@ -247,7 +247,7 @@ class GroupActor:
 
     def finish(self, step: int, result: GroupResult, train_s: float, publish_s: float) -> dict:
         """Step 8 after the trainer's update (steps 5-7): this group's metrics row and sample rows."""
-        from engine.grpo import masked_mean
+        from engine.trainer.grpo import masked_mean
 
         scored, correct, rewards, advantages, mask, sampler_logp = self._scored
         hp, G, eps = self.hp, self._episodes.n, self._episodes

@@ -26,7 +26,7 @@ class RewardResult:
 
     A row is *unscorable* when every function gave NaN for it (returned None, or failed on the batch).
     As in TRL's ``GRPOTrainer``, training ignores such a row: ``masked_total`` holds NaN for it, so it
-    is left out of its group's mean and std, its advantage is 0 (``engine.grpo.group_advantages``) and
+    is left out of its group's mean and std, its advantage is 0 (``engine.trainer.grpo.group_advantages``) and
     it is left out of the step's logged ``reward`` and ``reward_std``. Its ``total`` is 0.0 (the
     ``reward`` of its ``samples`` and ``evals`` rows); its ``reward/<fn>`` columns are null.
     """

@@ -28,7 +28,7 @@ def tiny_model_path() -> str:
     """The base model the learning tests train: ``builtin:tiny`` as shipped, or the directory in
     ``$LORAPOP_TEST_BASE_MODEL`` (e.g. a ``lorapop build-tiny --out DIR`` build under other CPU
     kernels, to check that a learning claim does not hang on one build)."""
-    from engine.config import TinyModelConfig
-    from engine.tiny_model import ensure_tiny_model
+    from engine.config.schema import TinyModelConfig
+    from engine.models.tiny import ensure_tiny_model
 
     return os.environ.get(TEST_BASE_ENV) or str(ensure_tiny_model(TinyModelConfig().model_dump()))

@@ -1,6 +1,6 @@
 """Builders: config -> plain plans, envs and rewards; the accuracy metric."""
 
-from engine.builders import accuracy_fn, build_rewards
+from engine.config.builders import accuracy_fn, build_rewards
 
 TAGS = {
     "reasoning_start": "<think>",
@@ -37,8 +37,8 @@ def test_a_cohorts_replicas_train_apart_and_are_evaluated_on_one_held_out_set(tm
     import json
     from pathlib import Path
 
-    from engine.builders import build_env, group_plans
-    from engine.config import RunConfig
+    from engine.config.builders import build_env, group_plans
+    from engine.config.schema import RunConfig
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n" for i in range(40)))

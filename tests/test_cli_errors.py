@@ -203,7 +203,7 @@ def _dataset(cfg: Path, name: str, content: str | bytes, env_extra: str = "", gr
 
 def test_a_dataset_path_given_on_the_command_line_is_relative_to_the_working_directory(tmp_path, monkeypatch):
     """#12: even with the shipped default config (whose folder is lorapop's configs/)."""
-    from engine.loading import load_config
+    from engine.config.loading import load_config
 
     (tmp_path / "rows.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
     monkeypatch.chdir(tmp_path)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.builders import group_plans
-from engine.loading import ConfigError, apply_override, load_config
+from engine.config.builders import group_plans
+from engine.config.loading import ConfigError, apply_override, load_config
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -119,7 +119,7 @@ def test_explicit_cohort_groups_specs_together(tmp_path):
 def test_trainer_defaults_per_device_unless_told(tmp_path, device, share, ckpt, expected):
     """cpu: prompts shared, one pass; cuda: activation checkpointing and 32768-token passes; checkpointing
     turns prompt sharing off (a shared prompt's KV cache is not recomputed)."""
-    from engine.coordinator import resolve_training
+    from engine.loop.coordinator import resolve_training
 
     cfg, _ = load_config(
         write(tmp_path, BASE),

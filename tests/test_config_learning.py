@@ -80,7 +80,7 @@ def first_last(series: pd.Series, n: int = 5) -> tuple[float, float]:
 
 
 def test_signaling_success_rises_clearly_above_chance(multiagent_run):
-    from engine.loading import load_config
+    from engine.config.loading import load_config
 
     cfg, _ = load_config(REPO / "configs" / "multiagent.yaml")
     (sender,) = [g for g in cfg.groups if g.env.type == "signaling" and g.env.role == "sender"]

@@ -21,7 +21,7 @@ SMOKE_OVERRIDES = {"gpu": ["groups.0.num_groups=1"]}
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_runs_two_steps(config: Path, tmp_path, tiny_model_path):
-    from engine.loading import load_config
+    from engine.config.loading import load_config
 
     overrides = SMOKE_OVERRIDES.get(config.stem, [])
     cfg, _ = load_config(config, overrides)

@@ -7,8 +7,8 @@ import json
 
 
 def test_rows_continue_after_prompts_per_step_changes(tmp_path, tiny_model_path):
-    from engine.builders import group_plans
-    from engine.loading import load_config
+    from engine.config.builders import group_plans
+    from engine.config.loading import load_config
     from groups.actor import GroupActor
 
     (tmp_path / "rows.jsonl").write_text(

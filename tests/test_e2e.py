@@ -167,7 +167,7 @@ def test_saved_adapters_reproduce_engine_logprobs(e2e_run, tiny_model_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from engine.grpo import completion_logprobs
+    from engine.trainer.grpo import completion_logprobs
 
     run_dir, _ = e2e_run
     evals = pd.read_parquet(run_dir / "evals")
@@ -193,10 +193,10 @@ def test_a_groups_model_loads_from_the_run_directory_alone(e2e_run, tmp_path):
     import json
     import shutil
 
-    from engine.adapters import load_group_model, run_base_model
-    from engine.config import TinyModelConfig
-    from engine.grpo import completion_logprobs
-    from engine.models import resolve_base_model
+    from engine.config.schema import TinyModelConfig
+    from engine.models.adapters import load_group_model, run_base_model
+    from engine.models.base import resolve_base_model
+    from engine.trainer.grpo import completion_logprobs
 
     run_dir, _ = e2e_run
     info = json.loads((run_dir / "run.json").read_text())

@@ -16,9 +16,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from engine.grpo import aggregation_weights, clipped_token_loss, completion_logprobs, k3_kl, masked_mean
-from engine.importance import importance_weights
-from engine.models import peft_lora_config
+from engine.models.base import peft_lora_config
 from engine.trainer.fused import (
     GroupBatch,
     LossSettings,
@@ -28,6 +26,8 @@ from engine.trainer.fused import (
     plan_micro_batches,
     routed_logprobs,
 )
+from engine.trainer.grpo import aggregation_weights, clipped_token_loss, completion_logprobs, k3_kl, masked_mean
+from engine.trainer.importance import importance_weights
 from engine.trainer.multi_lora import MultiLoRALinear, MultiLoRAModel, Routing, row_segments
 from engine.trainer.slots import (
     SlotHParams,

@@ -131,7 +131,7 @@ def test_guess_env_answers_higher_lower_and_rewards_finding_it():
     ],
 )
 def test_bad_game_configs_name_the_problem(tmp_path, groups, message):
-    from engine.loading import ConfigError, load_config
+    from engine.config.loading import ConfigError, load_config
 
     path = tmp_path / "bad.yaml"
     path.write_text(f"groups: {groups}\n")
@@ -140,7 +140,7 @@ def test_bad_game_configs_name_the_problem(tmp_path, groups, message):
 
 
 def test_game_and_multiturn_groups_default_to_the_env_reward(tmp_path):
-    from engine.loading import load_config
+    from engine.config.loading import load_config
 
     path = tmp_path / "ok.yaml"
     path.write_text("groups: [{name: g, env: {type: guess}}, {name: a, env: {type: arithmetic}}]\n")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from engine.grpo import (
+from engine.trainer.grpo import (
     LOSS_AGGREGATION,
     clipped_token_loss,
     completion_logprobs,
@@ -81,7 +81,7 @@ def test_a_group_with_no_scorable_completion_has_zero_advantages(scale_rewards):
 
 def test_nanstd_without_nans_is_std_bit_for_bit():
     """So advantages of batches without unscorable rows are exactly what they were before NaN handling."""
-    from engine.grpo import nanstd
+    from engine.trainer.grpo import nanstd
 
     torch.manual_seed(0)
     for rows, cols in [(4, 8), (16, 2), (1, 64), (3, 5)]:
@@ -165,7 +165,7 @@ def test_rows_sharing_a_prompt_share_its_forward_with_the_same_logprobs_and_grad
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import engine.grpo as grpo
+    import engine.trainer.grpo as grpo
 
     torch.manual_seed(0)
     base = LlamaForCausalLM(
@@ -202,7 +202,7 @@ def test_rows_sharing_a_prompt_share_its_forward_with_the_same_logprobs_and_grad
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
 def test_aggregation_weights_let_micro_batches_add_up_to_the_full_loss(loss_type):
-    from engine.grpo import aggregation_weights
+    from engine.trainer.grpo import aggregation_weights
 
     torch.manual_seed(0)
     loss = torch.randn(6, 5)

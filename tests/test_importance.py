@@ -1,4 +1,4 @@
-"""Truncated importance-sampling weights (engine/importance.py), against TRL's definition."""
+"""Truncated importance-sampling weights (engine/trainer/importance.py), against TRL's definition."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from engine.importance import importance_stats, importance_weights
+from engine.trainer.importance import importance_stats, importance_weights
 
 
 def test_equal_logprobs_give_weight_one():

@@ -211,7 +211,7 @@ def test_each_code_exec_group_records_its_sandbox_and_a_weaker_one_is_said(monke
     from types import SimpleNamespace
 
     import rewards.kernel_sandbox as ks
-    from engine.coordinator import sandbox_events
+    from engine.loop.coordinator import sandbox_events
 
     plans = [
         SimpleNamespace(name="code", rewards=[{"name": "code_exec"}]),

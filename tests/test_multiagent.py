@@ -76,7 +76,7 @@ def test_the_receiver_sees_the_senders_message_of_the_same_episode(games_run):
 
 
 def _logprobs(model, row) -> torch.Tensor:
-    from engine.grpo import completion_logprobs
+    from engine.trainer.grpo import completion_logprobs
 
     ids = torch.tensor([list(row["prompt_ids"]) + list(row["completion_ids"])])
     with torch.no_grad():

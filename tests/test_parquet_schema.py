@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from engine.results import TABLES, RunWriter, conform, read_table, table_schema
+from engine.results.tables import TABLES, RunWriter, conform, read_table, table_schema
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow  # end-to-end runs through a local Ray cluster (make test-fast leaves them out)

@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.plots import EVAL_LABEL, WINDOW, run_figure
+from engine.results.plots import EVAL_LABEL, WINDOW, run_figure
 
 REWARDS = {"a": [0.0, 0.9, 0.1, 0.8, 0.2, 0.7], "b": [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]}
 FAILED_AT = 5  # group b fails during step 5: it has no steps rows from there
 
 
 def _write(run_dir: Path, table: str, rows: list[dict]) -> None:
-    """One ``<table>/part-*.parquet`` file, the layout engine/results.py reads."""
+    """One ``<table>/part-*.parquet`` file, the layout engine/results/tables.py reads."""
     (run_dir / table).mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(run_dir / table / "part-000000.parquet", index=False)
 

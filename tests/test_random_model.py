@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.random_model import SIZES, build_random_llama, count_parameters, llama_dims
+from engine.models.random import SIZES, build_random_llama, count_parameters, llama_dims
 
 
 def test_named_sizes_are_what_they_say():

@@ -28,9 +28,9 @@ def test_killed_group_actor_is_restarted_without_lost_steps(tmp_path, tiny_model
     default interval of 10, its steps redone. Either way no step is lost and versions carry on."""
     import ray
 
-    from engine.coordinator import run
-    from engine.loading import load_config
-    from engine.population import actor_name
+    from engine.config.loading import load_config
+    from engine.loop.coordinator import run
+    from engine.loop.population import actor_name
 
     (tmp_path / "c.yaml").write_text(CONFIG.replace("checkpoint_interval: 1", f"checkpoint_interval: {interval}"))
     cfg, config_dir = load_config(tmp_path / "c.yaml")
@@ -92,8 +92,8 @@ def test_group_that_keeps_failing_is_marked_failed(tmp_path, tiny_model_path):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, tiny_model_path):
     """The undisturbed run of CONFIG that a disturbed one must equal: its steps table."""
-    from engine.coordinator import run
-    from engine.loading import load_config
+    from engine.config.loading import load_config
+    from engine.loop.coordinator import run
 
     d = tmp_path_factory.mktemp("straight")
     (d / "c.yaml").write_text(CONFIG)
@@ -113,8 +113,8 @@ def _run_killing(tmp_path, service: str):
     run directory and its one restart event."""
     import ray
 
-    from engine.coordinator import run
-    from engine.loading import load_config
+    from engine.config.loading import load_config
+    from engine.loop.coordinator import run
 
     (tmp_path / "c.yaml").write_text(CONFIG)
     cfg, config_dir = load_config(tmp_path / "c.yaml")

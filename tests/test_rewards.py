@@ -246,8 +246,8 @@ def test_a_group_step_ignores_unscorable_completions_as_trl_does(tmp_path, tiny_
     completions only; its ``samples`` row has a null reward and null ``reward/<fn>``."""
     import json
 
-    from engine.builders import group_plans
-    from engine.loading import load_config
+    from engine.config.builders import group_plans
+    from engine.config.loading import load_config
     from engine.rollout.types import RolloutResult
     from engine.trainer.fused import GroupResult
     from groups.actor import GroupActor

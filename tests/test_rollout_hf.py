@@ -15,7 +15,7 @@ def lora_state(model_path: str, seed: int, scale: float) -> dict:
     """A LoRA state dict with non-zero B, so the adapter changes the model."""
     from peft import get_peft_model, get_peft_model_state_dict
 
-    from engine.models import load_base, peft_lora_config
+    from engine.models.base import load_base, peft_lora_config
 
     torch.manual_seed(seed)
     m = get_peft_model(load_base(model_path), peft_lora_config(**LORA))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.tiny_model import build_tokenizer, ensure_tiny_model, settings_key
+from engine.models.tiny import build_tokenizer, ensure_tiny_model, settings_key
 
 SMALL = {
     "hidden_size": 32,
@@ -69,9 +69,9 @@ def test_builtin_tiny_is_the_shipped_build_and_nothing_is_built(tmp_path, monkey
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.config import TinyModelConfig
-    from engine.models import resolve_base_model
-    from engine.tiny_model import BUILD_VERSION, MANIFEST, SHIPPED_DIR
+    from engine.config.schema import TinyModelConfig
+    from engine.models.base import resolve_base_model
+    from engine.models.tiny import BUILD_VERSION, MANIFEST, SHIPPED_DIR
 
     monkeypatch.setenv("LORAPOP_CACHE", str(tmp_path / "cache"))
     logs: list[str] = []
@@ -116,7 +116,7 @@ def test_build_shows_each_phase_and_its_progress_every_few_seconds(tmp_path, mon
     most one line per PROGRESS_EVERY_S seconds (here a clock that moves 1 s a step) plus the last step."""
     import re
 
-    import engine.tiny_model as tiny
+    import engine.models.tiny as tiny
 
     ticks = iter(range(10_000))
     monkeypatch.setattr(tiny, "_clock", lambda: float(next(ticks)))  # called once at a phase's start, once a step

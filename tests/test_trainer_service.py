@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.builders import group_plans
-from engine.loading import load_config
+from engine.config.builders import group_plans
+from engine.config.loading import load_config
 from engine.trainer.service import SlotSpec, TrainerService
 from engine.trainer.slots import SlotHParams
 
@@ -64,7 +64,7 @@ def test_an_adapter_the_trainer_writes_for_vllm_loads_in_peft_as_the_slot(tmp_pa
     from peft import PeftModel
     from safetensors import safe_open
 
-    from engine.models import load_base
+    from engine.models.base import load_base
 
     plans = _plans(tmp_path, tiny_model_path)
     svc = TrainerService(tiny_model_path, _specs(plans[-2:]))  # g-3 (all-linear, r 8) and small (q/v, r 4)

@@ -43,8 +43,8 @@ REWARDS = [
 
 
 def _group(tmp_path, tiny_model_path):
-    from engine.builders import group_plans
-    from engine.loading import load_config
+    from engine.config.builders import group_plans
+    from engine.config.loading import load_config
     from groups.actor import GroupActor
 
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))

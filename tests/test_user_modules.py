@@ -37,9 +37,9 @@ groups:
     ],
 )
 def test_driver_and_group_actor_load_the_users_module(tmp_path, tiny_model_path, layout, spec, monkeypatch):
-    from engine.builders import group_plans
-    from engine.coordinator import preflight
-    from engine.loading import load_config
+    from engine.config.builders import group_plans
+    from engine.config.loading import load_config
+    from engine.loop.coordinator import preflight
     from groups.actor import GroupActor
 
     for name, text in layout.items():
@@ -58,9 +58,9 @@ def test_driver_and_group_actor_load_the_users_module(tmp_path, tiny_model_path,
 
 
 def test_a_users_module_from_the_working_directory(tmp_path, tiny_model_path, monkeypatch):
-    from engine.builders import group_plans
-    from engine.coordinator import preflight
-    from engine.loading import load_config
+    from engine.config.builders import group_plans
+    from engine.config.loading import load_config
+    from engine.loop.coordinator import preflight
 
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "team_rewards.py").write_text(USER_REWARDS)

@@ -2,7 +2,7 @@
 
     python -m pytest -q -m gpu tests/test_vllm_gpu.py -s     # -s prints the match rates
 
-Skipped cleanly without vLLM or CUDA. Uses a small random Llama (engine/random_model.py) with
+Skipped cleanly without vLLM or CUDA. Uses a small random Llama (engine/models/random.py) with
 peaky next-token distributions (initializer_range 0.1). The ``hf`` backend runs on CPU in fp32; the
 vLLM engine runs in LORAPOP_VLLM_TEST_DTYPE (default float16: 3 more mantissa bits than bfloat16, so
 the comparison checks the LoRA serving path more than rounding; vLLM's LoRA kernels refuse float32).
@@ -47,8 +47,8 @@ def _report(**kw):
 def setup(tmp_path_factory):
     from peft import get_peft_model, get_peft_model_state_dict
 
-    from engine.models import load_base, peft_lora_config
-    from engine.random_model import build_random_llama
+    from engine.models.base import load_base, peft_lora_config
+    from engine.models.random import build_random_llama
     from engine.rollout.hf import HFRollout
     from engine.rollout.vllm import VLLMRollout
 

@@ -23,7 +23,7 @@ class HFRollout:
         import torch
         from peft import get_peft_model
 
-        from engine.models import load_base, load_tokenizer, peft_lora_config
+        from engine.models.base import load_base, load_tokenizer, peft_lora_config
 
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self.tokenizer = load_tokenizer(model_path)
@@ -63,7 +63,7 @@ class HFRollout:
         return {g: self.publish(g, version, state) for g, (version, state) in adapters.items()}
 
     def runtime(self) -> str:
-        from engine.models import torch_runtime
+        from engine.models.base import torch_runtime
 
         return torch_runtime()
 

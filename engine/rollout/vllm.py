@@ -195,7 +195,7 @@ def run_requests(
 def vllm_adapter_config(lora: dict, model_path: str, keys: list[str]) -> dict:
     """PEFT ``adapter_config.json`` of an adapter with LoRA settings ``lora`` and weights ``keys``, the
     modules named explicitly (read off the keys), so vLLM need not resolve shorthands like ``all-linear``."""
-    from engine.models import peft_lora_config
+    from engine.models.base import peft_lora_config
 
     config = peft_lora_config(**lora).to_dict()
     modules = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys if ".lora_" in k})
@@ -358,7 +358,7 @@ class VLLMRollout:
         return {g: v for g, (v, _) in adapters.items()}
 
     def runtime(self) -> str:
-        from engine.models import torch_runtime
+        from engine.models.base import torch_runtime
 
         return torch_runtime()
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from engine.grpo import LOSS_AGGREGATION, aggregation_weights, clipped_token_loss, distinct_rows, k3_kl
-from engine.importance import importance_weights
+from engine.trainer.grpo import LOSS_AGGREGATION, aggregation_weights, clipped_token_loss, distinct_rows, k3_kl
+from engine.trainer.importance import importance_weights
 from engine.trainer.multi_lora import MultiLoRAModel
 from engine.trainer.slots import Slot
 
@@ -44,7 +44,7 @@ class LossSettings:
     """One group's GRPO loss hyper-parameters (the optimizer's are its slot's ``SlotHParams``)."""
 
     loss_type: str = "dapo"
-    """Aggregation: grpo | dr_grpo | dapo (``engine.grpo.LOSS_AGGREGATION``)."""
+    """Aggregation: grpo | dr_grpo | dapo (``engine.trainer.grpo.LOSS_AGGREGATION``)."""
     max_len: int = 1
     """dr_grpo's constant denominator per sequence (max_completion_length x max turns)."""
     epsilon_low: float = 0.2
@@ -60,7 +60,7 @@ class LossSettings:
     is_correction: bool = False
     """Truncated importance sampling against the sampler (TRL's vllm_importance_sampling_correction)."""
     is_mode: str = "token_truncate"
-    """``engine.importance.IS_MODES``."""
+    """``engine.trainer.importance.IS_MODES``."""
     is_cap: float = 3.0
     """Upper bound of the IS weight."""
 
@@ -228,7 +228,7 @@ def assemble(batches: list[GroupBatch], pieces: list[Piece], device: torch.devic
 def routed_logprobs(model: MultiLoRAModel, mb: MicroBatch, share_prompt: bool) -> torch.Tensor:
     """[b, L] log-probs of the completion tokens, each row through its own slot at its own temperature.
 
-    ``engine.grpo.completion_logprobs`` with routing: with ``share_prompt``, rows with the same
+    ``engine.trainer.grpo.completion_logprobs`` with routing: with ``share_prompt``, rows with the same
     (slot, prompt) share one forward of the prompt head (rows of different slots never do: their
     KV caches differ), the head forward routed by the distinct rows' slots. The LM head runs on the
     completion positions only (``logits_to_keep``).

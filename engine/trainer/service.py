@@ -57,7 +57,7 @@ class TrainerService:
     ):
         import torch
 
-        from engine.models import load_base
+        from engine.models.base import load_base
         from engine.trainer.multi_lora import MultiLoRAModel
 
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
@@ -76,7 +76,7 @@ class TrainerService:
         self._written: list[str] = []  # checkpoint directories completed since the last wait_saved
 
     def runtime(self) -> str:
-        from engine.models import torch_runtime
+        from engine.models.base import torch_runtime
 
         return torch_runtime()
 

@@ -40,7 +40,7 @@ class LoraSpec:
 
     def peft_config(self):
         """The ``peft.LoraConfig`` a ``GroupActor`` builds from the same fields."""
-        from engine.models import peft_lora_config
+        from engine.models.base import peft_lora_config
 
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         return peft_lora_config(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=targets)

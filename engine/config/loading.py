@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from engine.config import RunConfig
+from engine.config.schema import RunConfig
 
 
 class ConfigError(ValueError):

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.builders import GroupPlan, build_games
-from engine.checkpoint import checkpoint_dir
-from engine.faults import fault_point
-from engine.results import event_row
+from engine.config.builders import GroupPlan, build_games
+from engine.config.faults import fault_point
+from engine.results.checkpoint import checkpoint_dir
+from engine.results.tables import event_row
 from groups.rebalance import Decision
 
 ROWS_USED = "rows_used"

@@ -16,9 +16,9 @@ from typing import Any
 
 def run_base_model(run_dir: str | Path) -> str:
     """The directory of the base model the run's adapters were trained on, on this machine."""
-    from engine.config import TinyModelConfig
-    from engine.loading import ConfigError, load_config
-    from engine.models import resolve_base_model
+    from engine.config.loading import ConfigError, load_config
+    from engine.config.schema import TinyModelConfig
+    from engine.models.base import resolve_base_model
 
     run_dir = Path(run_dir)
     try:
@@ -43,8 +43,8 @@ def load_group_model(run_dir: str | Path, group: str, dtype: str = "float32", de
     """``(PeftModel, tokenizer)``: group ``group``'s adapter of the run on its base model."""
     from peft import PeftModel
 
-    from engine.loading import ConfigError
-    from engine.models import load_base, load_tokenizer
+    from engine.config.loading import ConfigError
+    from engine.models.base import load_base, load_tokenizer
 
     adapter = Path(run_dir) / "adapters" / group
     if not (adapter / "adapter_config.json").is_file():

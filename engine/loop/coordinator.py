@@ -30,13 +30,13 @@ from typing import Any
 
 import pandas as pd
 
-from engine.builders import GroupPlan, build_env, build_games, build_rewards, group_plans
-from engine.checkpoint import commit_checkpoint, discard_after, latest_checkpoint
-from engine.config import RunConfig
-from engine.faults import ENV as FAULTS_ENV
-from engine.loading import ConfigError, dump_config, load_config
-from engine.results import RunWriter, event_row, read_table, reward_names, write_atomic_bytes
-from engine.scores import group_scores, leaderboard
+from engine.config.builders import GroupPlan, build_env, build_games, build_rewards, group_plans
+from engine.config.faults import ENV as FAULTS_ENV
+from engine.config.loading import ConfigError, dump_config, load_config
+from engine.config.schema import RunConfig
+from engine.results.checkpoint import commit_checkpoint, discard_after, latest_checkpoint
+from engine.results.scores import group_scores, leaderboard
+from engine.results.tables import RunWriter, event_row, read_table, reward_names, write_atomic_bytes
 from groups.rebalance import STRATEGIES, relative_gaps
 
 
@@ -227,7 +227,7 @@ def _prepare(cfg: RunConfig, config_dir: Path, log) -> tuple[list[GroupPlan], st
     except ValueError as e:
         raise ConfigError(str(e)) from None
     preflight(plans)
-    from engine.models import resolve_base_model
+    from engine.models.base import resolve_base_model
 
     try:
         model_path = resolve_base_model(cfg.base_model, cfg.tiny_model.model_dump(), log=log)
@@ -240,7 +240,7 @@ def _prepare(cfg: RunConfig, config_dir: Path, log) -> tuple[list[GroupPlan], st
 def check_prompt_lengths(plans: list[GroupPlan], model_path: str) -> None:
     """A dataset group none of whose training prompts fits ``grpo.max_prompt_length`` tokens (the group
     actor drops over-long rows, never cuts them) is a configuration error, found before the run starts."""
-    from engine.models import load_tokenizer, prompt_ids
+    from engine.models.base import load_tokenizer, prompt_ids
 
     datasets = [p for p in plans if p.env.get("type") == "dataset"]
     if not datasets:
@@ -339,7 +339,7 @@ def _train(
     log,
     t_start: float,
 ) -> RunSummary:
-    from engine.population import Population
+    from engine.loop.population import Population
 
     pop_cfg = cfg.population
     writer = RunWriter(run_dir, reward_names(plans))  # one schema per table for the whole run, resumes too

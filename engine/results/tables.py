@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.faults import fault_point
+from engine.config.faults import fault_point
 
 TABLES = ("steps", "samples", "evals", "events")
 
@@ -154,7 +154,7 @@ def table_schema(table: str, reward_names: Sequence[str] = ()) -> pa.Schema:
 def reward_names(plans: Sequence) -> list[str]:
     """Every reward function name of every group (``GroupPlan``s), once each, in config order: the
     run's ``reward/<fn>`` columns (named as the group actors name them, by ``build_rewards``)."""
-    from engine.builders import build_rewards
+    from engine.config.builders import build_rewards
 
     names: list[str] = []
     for plan in plans:
@@ -214,7 +214,7 @@ def conform(rows: list[dict], schema: pa.Schema, table: str = "table") -> pa.Tab
     if unknown:
         raise ValueError(
             f"{table}: columns {unknown} are not in the table's schema, fixed for the run; "
-            f"a new column is declared in engine.results.COLUMNS"
+            f"a new column is declared in engine.results.tables.COLUMNS"
         )
     arrays = []
     for field in schema:

@@ -13,17 +13,17 @@ Build (once per settings, cached on disk):
      tags, no answer tags, plain prose), so the model starts out following the format part of the
      time and GRPO has something to learn.
 
-Data of both phases: engine/tiny_corpus.py.
+Data of both phases: engine/models/tiny_corpus.py.
 
 The result is an ordinary Hugging Face directory (``AutoModelForCausalLM`` / ``AutoTokenizer``).
 
 Shipped: the build of the default settings (``TinyModelConfig()``) lies in the package
-(``engine/assets/builtin-tiny``, ~3.6 MB) with a ``lorapop_build.json`` manifest (settings, their key,
+(``engine/models/assets/builtin-tiny``, ~3.6 MB) with a ``lorapop_build.json`` manifest (settings, their key,
 torch version, CPU kernels, sha256), so ``builtin:tiny`` loads at once and is the same model on
 every host: a build depends on the host's CPU kernels (AVX-512 and AVX2 builds differ bit-wise and
 learn differently). Reproduce or change it with
 
-    lorapop build-tiny                     # rewrites engine/assets/builtin-tiny from TinyModelConfig()
+    lorapop build-tiny                     # rewrites engine/models/assets/builtin-tiny from TinyModelConfig()
     ATEN_CPU_CAPABILITY=avx2 lorapop build-tiny --out /tmp/tiny-avx2   # another host's kernels
 
 Other settings are built on first use and cached: ``$LORAPOP_CACHE`` or ``~/.cache/lorapop``, one
@@ -235,12 +235,12 @@ def build_tiny_model(
     seed: int,
     log=print,
 ) -> None:
-    """Build, pre-train (copy phase, then format phase; see engine/tiny_corpus.py) and save into ``out``."""
+    """Build, pre-train (copy phase, then format phase; see engine/models/tiny_corpus.py) and save into ``out``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine import tiny_corpus as corpus
-    from engine.models import quiet_libraries
+    from engine.models import tiny_corpus as corpus
+    from engine.models.quiet import quiet_libraries
     from envs.arithmetic import ArithmeticEnv
 
     quiet_libraries()

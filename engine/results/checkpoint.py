@@ -15,8 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
-from engine.faults import fault_point
-from engine.results import TABLES, part_step, write_atomic_bytes
+from engine.config.faults import fault_point
+from engine.results.tables import TABLES, part_step, write_atomic_bytes
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -1,4 +1,4 @@
-"""The synthetic, offline pre-training data of ``builtin:tiny`` (engine/tiny_model.py builds with it).
+"""The synthetic, offline pre-training data of ``builtin:tiny`` (engine/models/tiny.py builds with it).
 
 Two phases, each a stream of ``(prompt, target)`` pairs drawn from a seeded ``random.Random``:
 

@@ -1,6 +1,6 @@
 """Randomly initialised Llama-architecture models of a chosen size, for benchmarks (no downloads).
 
-    python -m engine.random_model OUT_DIR --size 1b [--vocab-size 32768] [--seed 0]
+    python -m engine.models.random OUT_DIR --size 1b [--vocab-size 32768] [--seed 0]
 
 Writes an ordinary Hugging Face directory (``config.json``, bf16 ``model.safetensors``, the built-in
 byte-level tokenizer of ``builtin:tiny`` with its ChatML chat template), which transformers, PEFT
@@ -75,8 +75,8 @@ def build_random_llama(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.models import quiet_libraries
-    from engine.tiny_model import build_tokenizer
+    from engine.models.quiet import quiet_libraries
+    from engine.models.tiny import build_tokenizer
 
     quiet_libraries()
     out = Path(out_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.models.quiet import quiet_libraries
+
 
 def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print) -> str:
     """``builtin:tiny`` -> its cached directory (built on first use); a local directory -> its path; a hub
@@ -19,7 +21,7 @@ def resolve_base_model(base_model: str, tiny_settings: dict[str, Any], log=print
                 f"base_model: unknown built-in model {base_model!r} "
                 "(known: builtin:tiny, builtin:random-0.5b, builtin:random-1b)"
             )
-        from engine.tiny_model import ensure_tiny_model
+        from engine.models.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model(tiny_settings, log=log))
     path = Path(base_model).expanduser()
@@ -48,8 +50,8 @@ def _in_hf_cache(repo_id: str) -> bool:
 def ensure_random_model(size: str, log=print) -> Path:
     """``builtin:random-<size>``: a randomly initialised Llama of that size (benchmarks; nothing to
     download), built once into the tiny model's cache root."""
-    from engine.random_model import SIZES, build_random_llama
-    from engine.tiny_model import build_cached
+    from engine.models.random import SIZES, build_random_llama
+    from engine.models.tiny import build_cached
 
     if size not in SIZES:
         raise ValueError(f"base_model: unknown random model size {size!r} (known: {', '.join(SIZES)})")
@@ -64,20 +66,6 @@ def torch_runtime() -> str:
         f"torch {torch.__version__}, cpu kernels {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads"
     )
-
-
-def quiet_libraries() -> None:
-    """Silence per-load progress bars and deprecation chatter of transformers/PEFT (called at run time)."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\..*")
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
-    # lorapop passes past_key_values on purpose (shared prompts); the rename to `cache` is transformers' business
-    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
 
 
 def load_tokenizer(path: str):

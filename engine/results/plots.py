@@ -25,7 +25,7 @@ def run_figure(run_dir: str | Path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from engine.results import read_table
+    from engine.results.tables import read_table
 
     steps = read_table(run_dir, "steps")
     if steps.empty:

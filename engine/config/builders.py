@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config import DatasetEnvConfig, RunConfig
+from engine.config.schema import DatasetEnvConfig, RunConfig
 
 
 @dataclass
