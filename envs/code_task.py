@@ -25,6 +25,7 @@ from typing import Any
 
 from envs.base import make_prompt
 from envs.task import TaskEnv
+from rewards.text import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
 
 DIFFICULTIES = (1, 2, 3)
 
@@ -170,10 +171,10 @@ def _reference(source: str) -> Callable[..., Any]:
 
 
 def default_system_prompt(
-    reasoning_start: str = "<think>",
-    reasoning_end: str = "</think>",
-    solution_start: str = "<answer>",
-    solution_end: str = "</answer>",
+    reasoning_start: str = REASONING_START,
+    reasoning_end: str = REASONING_END,
+    solution_start: str = SOLUTION_START,
+    solution_end: str = SOLUTION_END,
 ) -> str:
     """The short default instruction built from the tags.
 

@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 from envs.task import Draw, GeneratedTaskEnv, round_half_up, table_kind
+from rewards.text import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
 
 DIFFICULTIES = (0, 1, 2, 3)
 LANGUAGES = ("en", "vi")
@@ -110,10 +111,10 @@ _TEMPLATES: dict[str, dict[str, str]] = {
 
 
 def default_system_prompt(
-    reasoning_start: str = "<think>",
-    reasoning_end: str = "</think>",
-    solution_start: str = "<answer>",
-    solution_end: str = "</answer>",
+    reasoning_start: str = REASONING_START,
+    reasoning_end: str = REASONING_END,
+    solution_start: str = SOLUTION_START,
+    solution_end: str = SOLUTION_END,
     language: str = "en",
     difficulty: int = 1,
 ) -> str:

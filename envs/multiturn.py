@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.base import Env, make_prompt
-from rewards.text import extract_answer, parse_number
+from rewards.text import SOLUTION_END, SOLUTION_START, extract_answer, parse_number
 
 
 @dataclass
@@ -59,8 +59,8 @@ class GuessNumberEnv(MultiTurnEnv):
         max_turns: int = 3,
         decay: float = 0.25,
         system_prompt: str | None = None,
-        solution_start: str = "<answer>",
-        solution_end: str = "</answer>",
+        solution_start: str = SOLUTION_START,
+        solution_end: str = SOLUTION_END,
         **_tags: str,
     ) -> None:
         if high < 2:

@@ -14,7 +14,7 @@ import random
 
 from envs.base import make_prompt
 from envs.game import Game
-from rewards.text import extract_answer, parse_number
+from rewards.text import SOLUTION_END, SOLUTION_START, extract_answer, parse_number
 
 
 class NegotiationGame(Game):
@@ -26,8 +26,8 @@ class NegotiationGame(Game):
         min_pot: int = 4,
         max_pot: int = 10,
         max_turns: int = 4,
-        solution_start: str = "<answer>",
-        solution_end: str = "</answer>",
+        solution_start: str = SOLUTION_START,
+        solution_end: str = SOLUTION_END,
         **_tags: str,
     ) -> None:
         if not 1 <= min_pot <= max_pot:

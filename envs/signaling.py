@@ -12,7 +12,7 @@ import random
 
 from envs.base import make_prompt
 from envs.game import Game
-from rewards.text import extract_answer
+from rewards.text import SOLUTION_END, SOLUTION_START, extract_answer
 
 WORDS = ("red", "blue", "green", "gold", "pink", "gray", "black", "white")
 
@@ -28,8 +28,8 @@ class SignalingGame(Game):
         objects: str = "numbers",
         shuffle: bool = False,
         message_chars: int = 16,
-        solution_start: str = "<answer>",
-        solution_end: str = "</answer>",
+        solution_start: str = SOLUTION_START,
+        solution_end: str = SOLUTION_END,
         **_tags: str,
     ) -> None:
         """``objects``: "numbers" (1, 2, ...: what the built-in tiny model already writes in its answer tags)

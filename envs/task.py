@@ -18,6 +18,7 @@ from abc import abstractmethod
 from fractions import Fraction
 
 from envs.base import Env, make_prompt
+from rewards.text import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
 
 # What ``GeneratedTaskEnv.draw`` returns: ``(task, question, params, answer, reasoning)``.
 Draw = tuple[str, str, dict, str, str]
@@ -73,10 +74,10 @@ class TaskEnv(Env):
         seed: int = 0,
         difficulty: int = 1,
         system_prompt: str | None = None,
-        reasoning_start: str = "<think>",
-        reasoning_end: str = "</think>",
-        solution_start: str = "<answer>",
-        solution_end: str = "</answer>",
+        reasoning_start: str = REASONING_START,
+        reasoning_end: str = REASONING_END,
+        solution_start: str = SOLUTION_START,
+        solution_end: str = SOLUTION_END,
     ) -> None:
         """``system_prompt=None`` uses ``default_prompt()``, built from these tags."""
         if difficulty not in self.DIFFICULTIES:
@@ -130,10 +131,10 @@ class GeneratedTaskEnv(TaskEnv):
         seed: int = 0,
         difficulty: int = 1,
         system_prompt: str | None = None,
-        reasoning_start: str = "<think>",
-        reasoning_end: str = "</think>",
-        solution_start: str = "<answer>",
-        solution_end: str = "</answer>",
+        reasoning_start: str = REASONING_START,
+        reasoning_end: str = REASONING_END,
+        solution_start: str = SOLUTION_START,
+        solution_end: str = SOLUTION_END,
         language: str = "en",
     ) -> None:
         """``system_prompt=None`` uses ``default_prompt()``, built from these tags, in ``language``."""

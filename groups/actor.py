@@ -51,19 +51,19 @@ class GroupActor:
         for p in plan.extra_sys_path:  # user reward modules named as 'module:function'
             if p not in sys.path:
                 sys.path.append(p)
-        self.plan, self.name, self.hp = plan, plan.name, dict(plan.grpo)
+        self.plan, self.name, self.hp = plan, plan.name, plan.grpo.model_copy()
         self.game_role = plan.env.get("role")  # a game agent: the coordinator plays the game
         self.env = None if self.game_role is not None else build_env(plan.env, plan.seed, plan.tags, plan.eval_seed)
         self.reward_fns = build_rewards(plan.rewards, plan.tags, plan.extra_sys_path)
         self.is_correct = accuracy_fn(plan.tags)
-        self.is_formatted = load_reward("format_exact", defaults=plan.tags)
+        self.is_formatted = load_reward("format_exact", defaults=plan.tags.model_dump())
         self._logged: tuple[dict, dict] = ({}, {})  # what reward functions logged while scoring (``_score``)
         self._rows_used = 0  # training rows taken from the env so far
         self.tokenizer = load_tokenizer(model_path)
         self.dropped_prompts = (
             0
             if self.env is None
-            else self.env.drop_prompts(lambda row: len(self._prompt_ids(row["prompt"])) <= self.hp["max_prompt_length"])
+            else self.env.drop_prompts(lambda row: len(self._prompt_ids(row["prompt"])) <= self.hp.max_prompt_length)
         )
 
     def startup_report(self) -> dict:
@@ -74,7 +74,7 @@ class GroupActor:
 
     def hparams(self) -> dict:
         """The current hyper-parameters (what rebalancing compares and copies)."""
-        return dict(self.hp)
+        return self.hp.model_dump()
 
     def rows_used(self) -> int:
         """Training rows taken from the env so far (where the next step's rows start; checkpointed)."""
@@ -83,16 +83,16 @@ class GroupActor:
     def set_rows_used(self, n: int | None, step: int = 0) -> None:
         """Restore the position (a checkpoint's); ``None``: the position after ``step`` steps of the current
         ``prompts_per_step`` (a fresh start, or a checkpoint that predates the position)."""
-        self._rows_used = n if n is not None else step * self.hp["prompts_per_step"]
+        self._rows_used = n if n is not None else step * self.hp.prompts_per_step
 
     def set_hparams(self, **hp) -> dict:
         """Change hyper-parameters (rebalancing; a checkpoint's on restore). The optimizer's (lr, betas,
         weight decay, grad clip) reach the group's trainer slot with its next batch."""
-        unknown = set(hp) - set(self.hp)
+        unknown = set(hp) - set(type(self.hp).model_fields)
         if unknown:
             raise KeyError(f"unknown hyper-parameters {sorted(unknown)}")
-        self.hp.update(hp)
-        return dict(self.hp)
+        self.hp = self.hp.model_copy(update=hp)  # (values as rebalancing computed them, e.g. a perturbed lr)
+        return self.hp.model_dump()
 
     # --- episodes: one step or one evaluation ---------------------------------------------------
 
@@ -105,10 +105,10 @@ class GroupActor:
     def _encode(self, prompt) -> list[int]:
         """A first prompt's token ids; an over-long one (a generated task's) is an error, never truncated."""
         ids = self._prompt_ids(prompt)
-        if len(ids) > self.hp["max_prompt_length"]:
+        if len(ids) > self.hp.max_prompt_length:
             raise ValueError(
                 f"group {self.name}: prompt of {len(ids)} tokens > max_prompt_length "
-                f"{self.hp['max_prompt_length']}: {prompt!r:.80}..."
+                f"{self.hp.max_prompt_length}: {prompt!r:.80}..."
             )
         return ids
 
@@ -118,24 +118,24 @@ class GroupActor:
         (game instances) from the coordinator and its turns through ``turn``, so it returns None."""
         hp = self.hp
         sampling = {
-            "max_new_tokens": hp["max_completion_length"],
-            "temperature": hp["temperature"],
-            "top_p": hp["top_p"],
+            "max_new_tokens": hp.max_completion_length,
+            "temperature": hp.temperature,
+            "top_p": hp.top_p,
             "seed": step_seed(self.plan.seed, step),
             "greedy": False,
         }
         if rows is None:  # the next rows: however prompts_per_step changed (reallocate), none skipped or repeated
             assert self.env is not None  # (a game agent, which has none, is given its rows)
-            rows = self.env.rows_from(self._rows_used, hp["prompts_per_step"], step)
-            self._rows_used += hp["prompts_per_step"]
-        return self._begin(rows, hp["group_size"], sampling)
+            rows = self.env.rows_from(self._rows_used, hp.prompts_per_step, step)
+            self._rows_used += hp.prompts_per_step
+        return self._begin(rows, hp.group_size, sampling)
 
     def begin_eval(
         self, n: int, temperature: float = 0.0, samples: int = 1, rows: list[dict] | None = None
     ) -> RolloutRequest | None:
         """Held-out episodes: greedy (``temperature == 0``) or fixed-seed sampling, the same seed every time."""
         sampling = {
-            "max_new_tokens": self.hp["max_completion_length"],
+            "max_new_tokens": self.hp.max_completion_length,
             "temperature": temperature or 1.0,
             "top_p": 1.0,
             "seed": step_seed(self.plan.seed, -1),
@@ -238,9 +238,9 @@ class GroupActor:
         scored, correct = self._score(step, env_rewards, success)
         rewards = torch.tensor(scored.masked_total, dtype=torch.float32)  # [B]; NaN: unscorable
         # 4. group-relative advantages (over the episodes of one row; an unscorable one gets 0)
-        advantages = group_advantages(rewards, G, hp["scale_rewards"])  # [B]
+        advantages = group_advantages(rewards, G, hp.scale_rewards)  # [B]
         packed = self._pack()  # ids [B, P+L], loss mask [B, L], sampler log-probs [B, L]
-        max_len = hp["max_completion_length"] * max(t.turns for t in self._episodes.transcripts)
+        max_len = hp.max_completion_length * max(t.turns for t in self._episodes.transcripts)
         self._scored = (scored, correct, rewards, advantages, packed["mask"], packed["old_logp"])
         batch = GroupBatch.from_pack(self.name, packed, advantages, LossSettings.from_grpo(hp, max_len))
         return TrainJob(batch, SlotHParams.from_grpo(hp))
@@ -255,7 +255,7 @@ class GroupActor:
         lengths = [int(sum(t.mask)) for t in eps.transcripts]
         turns = [t.turns for t in eps.transcripts]
         mismatch = math.nan
-        if result.logp is not None and hp["num_iterations"] == 1:
+        if result.logp is not None and hp.num_iterations == 1:
             mismatch = masked_mean((result.logp - sampler_logp).abs(), mask)
         scorable = rewards[~rewards.isnan()]  # (TRL's reward metrics leave unscorable rows out)
         metrics = {
@@ -275,9 +275,9 @@ class GroupActor:
             "logprob_mismatch": mismatch,
             "is_weight_mean": result.is_weight_mean,
             "grad_norm": result.grad_norm,
-            "lr": hp["lr"],
-            "temperature": hp["temperature"],
-            "beta": hp["beta"],
+            "lr": hp.lr,
+            "temperature": hp.temperature,
+            "beta": hp.beta,
             "prompts_per_step": len(eps.rows),
             "completion_len_mean": sum(lengths) / len(lengths),
             "completion_len_max": max(lengths),

@@ -13,7 +13,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from rewards.text import completion_text, extract_answer, parse_number
+from rewards.text import (
+    REASONING_END,
+    REASONING_START,
+    SOLUTION_END,
+    SOLUTION_START,
+    completion_text,
+    extract_answer,
+    parse_number,
+)
 
 RewardFn = Callable[..., list[float | None]]
 
@@ -24,10 +32,10 @@ def _named(fn: RewardFn, name: str) -> RewardFn:
 
 
 def format_exact(
-    reasoning_start: str = "<think>",
-    reasoning_end: str = "</think>",
-    solution_start: str = "<answer>",
-    solution_end: str = "</answer>",
+    reasoning_start: str = REASONING_START,
+    reasoning_end: str = REASONING_END,
+    solution_start: str = SOLUTION_START,
+    solution_end: str = SOLUTION_END,
 ) -> RewardFn:
     """1.0 if the whole (stripped) completion is ``<think>...</think> <answer>...</answer>``, else 0.0.
 
@@ -49,10 +57,10 @@ def format_exact(
 
 
 def format_approx(
-    reasoning_start: str = "<think>",
-    reasoning_end: str = "</think>",
-    solution_start: str = "<answer>",
-    solution_end: str = "</answer>",
+    reasoning_start: str = REASONING_START,
+    reasoning_end: str = REASONING_END,
+    solution_start: str = SOLUTION_START,
+    solution_end: str = SOLUTION_END,
 ) -> RewardFn:
     """Unsloth's ``match_format_approximately``, scaled to [-1, 1]: +0.25 per tag seen exactly once, else -0.25.
 
@@ -75,7 +83,7 @@ def _answers(name: str, kwargs: dict[str, Any]) -> list[Any]:
     return list(kwargs["answer"])
 
 
-def answer_exact(solution_start: str = "<answer>", solution_end: str = "</answer>") -> RewardFn:
+def answer_exact(solution_start: str = SOLUTION_START, solution_end: str = SOLUTION_END) -> RewardFn:
     """1.0 if the text in the last solution tags equals ``str(answer).strip()``; 0.0 otherwise or if untagged.
 
     Needs the dataset column ``answer``; a None answer gives None (the sample is skipped).
@@ -101,8 +109,8 @@ def answer_exact(solution_start: str = "<answer>", solution_end: str = "</answer
 def answer_numeric(
     rel_tol: float = 1e-6,
     abs_tol: float = 1e-6,
-    solution_start: str = "<answer>",
-    solution_end: str = "</answer>",
+    solution_start: str = SOLUTION_START,
+    solution_end: str = SOLUTION_END,
 ) -> RewardFn:
     """1.0 if the tagged answer and the ``answer`` column parse to numbers that are ``math.isclose``.
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rewards.sandbox import SandboxResult, run_sandboxed
-from rewards.text import completion_text, extract_answer
+from rewards.text import SOLUTION_END, SOLUTION_START, completion_text, extract_answer
 
 RewardFn = Callable[..., list[float | None]]
 
@@ -32,7 +32,7 @@ _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re
 _WORKERS = 2  # each run is its own process; the sandbox is meant to stay light on the host
 
 
-def extract_code(text: str, solution_start: str = "<answer>", solution_end: str = "</answer>") -> str | None:
+def extract_code(text: str, solution_start: str = SOLUTION_START, solution_end: str = SOLUTION_END) -> str | None:
     """The code in the last solution tags (unwrapping a fence inside them), else in the last fenced block.
 
     >>> extract_code("<answer>def f(): pass</answer>")
@@ -70,8 +70,8 @@ def _tests(name: str, kwargs: dict[str, Any], n: int) -> list[Any]:
 def code_exec(
     timeout_s: float = 2.0,
     memory_mb: int = 256,
-    solution_start: str = "<answer>",
-    solution_end: str = "</answer>",
+    solution_start: str = SOLUTION_START,
+    solution_end: str = SOLUTION_END,
     rewards: dict[str, float] | None = None,
     weaker_sandbox: bool = False,
 ) -> RewardFn:

@@ -6,6 +6,11 @@ import math
 import re
 from typing import Any
 
+# The default answer format, one definition for the whole package (Unsloth's parameter names, as every env
+# and built-in reward takes them; a group's `format:` overrides them all at once).
+REASONING_START, REASONING_END = "<think>", "</think>"
+SOLUTION_START, SOLUTION_END = "<answer>", "</answer>"
+
 _NUMBER_NOISE = re.compile(r"[\s,$€£%]")
 
 

@@ -1,13 +1,13 @@
-"""Builders: config -> plain plans, envs and rewards; the accuracy metric."""
+"""Builders: config -> per-group plans (typed settings), envs and rewards; the accuracy metric."""
+
+import pytest
 
 from engine.config.builders import accuracy_fn, build_rewards
+from engine.config.schema import TagFormat
 
-TAGS = {
-    "reasoning_start": "<think>",
-    "reasoning_end": "</think>",
-    "solution_start": "<SOLUTION>",
-    "solution_end": "</SOLUTION>",
-}
+TAGS = TagFormat(
+    reasoning_start="<think>", reasoning_end="</think>", solution_start="<SOLUTION>", solution_end="</SOLUTION>"
+)
 
 
 def test_accuracy_is_numeric_or_exact_between_the_groups_tags():
@@ -63,3 +63,29 @@ def test_a_cohorts_replicas_train_apart_and_are_evaluated_on_one_held_out_set(tm
     assert held == set(questions(ds[1].eval_rows(8))) and len(held) == 8
     trained = {q for e in ds for step in range(1, 12) for q in questions(e.batch(step, 4))}
     assert trained and not trained & held
+
+
+def test_a_plan_carries_the_groups_settings_as_validated_models(tmp_path, tiny_model_path):
+    """A plan's GRPO, LoRA and tag settings are the config's models (merged run-level defaults included),
+    and a group actor's hyper-parameters start as a copy it can change without touching the plan."""
+    from pathlib import Path
+
+    from engine.config.builders import group_plans
+    from engine.config.schema import GRPOConfig, LoraConfig, RunConfig
+    from groups.actor import GroupActor
+
+    cfg = RunConfig.model_validate(
+        {
+            "grpo": {"lr": 0.003},
+            "groups": [
+                {"name": "a", "grpo": {"group_size": 4}, "format": {"solution_start": "<S>", "solution_end": "</S>"}}
+            ],
+        }
+    )
+    (plan,) = group_plans(cfg, Path(tmp_path))
+    assert isinstance(plan.grpo, GRPOConfig) and isinstance(plan.lora, LoraConfig) and isinstance(plan.tags, TagFormat)
+    assert (plan.grpo.lr, plan.grpo.group_size, plan.tags.solution_start) == (0.003, 4, "<S>")
+    actor = GroupActor(plan, tiny_model_path)  # (a plain object here; the coordinator runs it under Ray)
+    assert actor.set_hparams(lr=0.001)["lr"] == 0.001 and plan.grpo.lr == 0.003
+    with pytest.raises(KeyError, match="unknown hyper-parameters"):
+        actor.set_hparams(learning_rate=0.1)

@@ -26,7 +26,7 @@ def _plans(tmp_path, model):
 
 
 def _specs(plans):
-    return {p.name: SlotSpec(dict(p.lora), p.seed, SlotHParams.from_grpo(p.grpo)) for p in plans}
+    return {p.name: SlotSpec(p.lora.model_dump(), p.seed, SlotHParams.from_grpo(p.grpo)) for p in plans}
 
 
 def test_the_trainer_holds_one_base_whatever_the_number_of_groups(tmp_path, tiny_model_path):

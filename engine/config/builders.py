@@ -1,7 +1,9 @@
 """Builders: turn the validated config into plain per-group plans, and plans into envs and rewards.
 
-Components (``groups/``, ``envs/``, ``rewards/``) never see ``RunConfig``: a ``GroupPlan`` holds only
-plain values, so it pickles across Ray and reads like keyword arguments.
+Components (``groups/``, ``envs/``, ``rewards/``) never see ``RunConfig``: a ``GroupPlan`` holds one group's
+part of it, the validated ``GRPOConfig``, ``LoraConfig`` and ``TagFormat`` models (they pickle across Ray;
+a typo in a field name fails in mypy, not in an actor at step N), the env's keyword arguments and the
+reward specs as plain values.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config.schema import DatasetEnvConfig, RunConfig
+from engine.config.schema import DatasetEnvConfig, GRPOConfig, LoraConfig, RunConfig, TagFormat
 
 
 @dataclass
@@ -23,9 +25,9 @@ class GroupPlan:
     seed: int
     env: dict[str, Any]  # {"type": ..., **kwargs of the env class}
     rewards: list[dict[str, Any]]  # [{"name", "weight", "params"}]
-    tags: dict[str, str]
-    grpo: dict[str, Any]
-    lora: dict[str, Any]
+    tags: TagFormat  # the answer format: reasoning and solution tags
+    grpo: GRPOConfig  # the group's GRPO settings as configured (GroupActor.hp starts as a copy)
+    lora: LoraConfig
     extra_sys_path: list[str] = field(default_factory=list)
     steps: int = 0  # the run's steps (reward functions see it as TRL's trainer_state.max_steps)
     eval_seed: int | None = None  # the cohort's held-out set (shared by its replicas); None: seed
@@ -53,9 +55,9 @@ def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
                     seed=base_seed + k,
                     env=env,
                     rewards=rewards,
-                    tags=spec.format.model_dump(),
-                    grpo=spec.grpo.model_dump(),
-                    lora=spec.lora.model_dump(),
+                    tags=spec.format.model_copy(),
+                    grpo=spec.grpo.model_copy(),
+                    lora=spec.lora.model_copy(),
                     extra_sys_path=[str(Path.cwd()), str(config_dir)],
                     steps=cfg.steps,
                     eval_seed=base_seed,
@@ -77,16 +79,16 @@ def _resolve_reward_path(spec: dict[str, Any], config_dir: Path) -> dict[str, An
     return spec
 
 
-def build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: int | None = None):
+def build_env(env: dict[str, Any], seed: int, tags: TagFormat, eval_seed: int | None = None):
     """The env object of a plan; its held-out set is drawn from ``eval_seed`` (the cohort's), else ``seed``."""
     built = _build_env(env, seed, tags, eval_seed)
     built.eval_seed = eval_seed
     return built
 
 
-def _build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: int | None):
+def _build_env(env: dict[str, Any], seed: int, tags: TagFormat, eval_seed: int | None):
     kwargs = {k: v for k, v in env.items() if k != "type"}
-    tags_kw: dict[str, Any] = tags  # keys name the envs' str tag parameters; mypy cannot match keys by name
+    tags_kw: dict[str, Any] = tags.model_dump()  # the envs' tag keyword arguments
     if env["type"] == "arithmetic":
         from envs.arithmetic import ArithmeticEnv
 
@@ -112,10 +114,10 @@ def _build_env(env: dict[str, Any], seed: int, tags: dict[str, str], eval_seed: 
     raise ValueError(f"env.type: unknown env {env['type']!r}")
 
 
-def build_game(env: dict[str, Any], seed: int, tags: dict[str, str]):
+def build_game(env: dict[str, Any], seed: int, tags: TagFormat):
     """The game object of a game agent's plan (the same for every agent of the game)."""
     kwargs = {k: v for k, v in env.items() if k not in ("type", "role", "game")}
-    tags_kw: dict[str, Any] = tags  # keys name the envs' str tag parameters; mypy cannot match keys by name
+    tags_kw: dict[str, Any] = tags.model_dump()  # the envs' tag keyword arguments
     if env["type"] == "signaling":
         from envs.signaling import SignalingGame
 
@@ -140,13 +142,13 @@ def build_games(plans: list[GroupPlan]) -> tuple[dict[str, Any], dict[str, int]]
     for name, members in agents.items():
         first = members[0]
         game = build_game(first.env, first.seed, first.tags)
-        games[name] = GameEpisodes(game, {p.env["role"]: p.name for p in members}, first.grpo["group_size"])
-        prompts[name] = first.grpo["prompts_per_step"]
+        games[name] = GameEpisodes(game, {p.env["role"]: p.name for p in members}, first.grpo.group_size)
+        prompts[name] = first.grpo.prompts_per_step
     return games, prompts
 
 
 def build_rewards(
-    rewards: list[dict[str, Any]], tags: dict[str, str], search: list[str] | None = None
+    rewards: list[dict[str, Any]], tags: TagFormat, search: list[str] | None = None
 ) -> list[tuple[str, Callable, float]]:
     """``(unique_name, fn, weight)`` per configured reward; repeated names get ``_2``, ``_3``. ``search``:
     the user's folders for ``module:function`` rewards (a plan's ``extra_sys_path``), searched first."""
@@ -155,21 +157,21 @@ def build_rewards(
     out: list[tuple[str, Callable, float]] = []
     seen: dict[str, int] = {}
     for spec in rewards:
-        fn = load_reward(spec["name"], spec.get("params"), defaults=tags, search=search or ())
+        fn = load_reward(spec["name"], spec.get("params"), defaults=tags.model_dump(), search=search or ())
         base = getattr(fn, "__name__", None) or spec["name"].rpartition(":")[2]
         seen[base] = seen.get(base, 0) + 1
         out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", fn, float(spec.get("weight", 1.0))))
     return out
 
 
-def accuracy_fn(tags: dict[str, str]) -> Callable:
+def accuracy_fn(tags: TagFormat) -> Callable:
     """Correctness behind the ``accuracy`` metric: the text between the group's solution tags equals
     the ``answer`` column, numerically where both parse as numbers, else as stripped strings."""
     import math
 
     from rewards.text import completion_text, extract_answer, parse_number
 
-    start, end = tags["solution_start"], tags["solution_end"]
+    start, end = tags.solution_start, tags.solution_end
 
     def correct(prompts, completions, answer, **_) -> list[float | None]:
         out: list[float | None] = []

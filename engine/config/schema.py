@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from rewards.text import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -27,10 +29,10 @@ def _refuse_moved(data: Any, key: str, where: str) -> Any:
 class TagFormat(_Strict):
     """The answer format a group's prompts ask for and its built-in rewards check."""
 
-    reasoning_start: str = Field("<think>", description="Tag that opens the reasoning.")
-    reasoning_end: str = Field("</think>", description="Tag that closes the reasoning.")
-    solution_start: str = Field("<answer>", description="Tag that opens the final answer.")
-    solution_end: str = Field("</answer>", description="Tag that closes the final answer.")
+    reasoning_start: str = Field(REASONING_START, description="Tag that opens the reasoning.")
+    reasoning_end: str = Field(REASONING_END, description="Tag that closes the reasoning.")
+    solution_start: str = Field(SOLUTION_START, description="Tag that opens the final answer.")
+    solution_end: str = Field(SOLUTION_END, description="Tag that closes the final answer.")
 
 
 class GRPOConfig(_Strict):

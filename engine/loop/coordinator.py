@@ -252,7 +252,7 @@ def check_prompt_lengths(plans: list[GroupPlan], model_path: str) -> None:
         if path not in shortest:
             env = build_env(plan.env, plan.seed, plan.tags, plan.eval_seed)
             shortest[path] = min(len(prompt_ids(tokenizer, row["prompt"])) for row in env.batch(0, len(env)))
-        limit = plan.grpo["max_prompt_length"]
+        limit = plan.grpo.max_prompt_length
         if shortest[path] > limit:
             raise ConfigError(
                 f"group {plan.name} (env): every prompt of {path} is longer than grpo.max_prompt_length "

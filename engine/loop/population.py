@@ -115,15 +115,13 @@ class Population:
         """The rollout service: every group's adapter on one base (vLLM multi-LoRA, or the hf backend)."""
         import ray
 
-        adapters = {p.name: p.lora for p in self.plans.values()}
+        adapters = {p.name: p.lora.model_dump() for p in self.plans.values()}
         name = f"lorapop-rollout:{self.run_dir.name}" + (f"#{self.rollout_restarts}" if self.rollout_restarts else "")
         if self.backend == "vllm":
             from engine.rollout.vllm import VLLMRollout, engine_defaults
 
             opts = dict(self.rollout_settings)
-            batch = sum(
-                p.grpo["prompts_per_step"] * p.grpo["group_size"] for p in self.plans.values()
-            )  # one step's requests
+            batch = sum(p.grpo.prompts_per_step * p.grpo.group_size for p in self.plans.values())  # one step's requests
             opts.update(engine_defaults(batch, opts.pop("engine_kwargs", None)))  # further vllm.LLM arguments
             return (
                 ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4), max_restarts=0)(VLLMRollout)
@@ -170,7 +168,9 @@ class Population:
         from engine.trainer.slots import SlotHParams
 
         t = self.training
-        specs = {p.name: SlotSpec(dict(p.lora), p.seed, SlotHParams.from_grpo(p.grpo)) for p in self.plans.values()}
+        specs = {
+            p.name: SlotSpec(p.lora.model_dump(), p.seed, SlotHParams.from_grpo(p.grpo)) for p in self.plans.values()
+        }
         gpus = t["num_gpus"] if t["device"] == "cuda" else 0
         return (
             ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=0)(TrainerService)
@@ -257,12 +257,56 @@ class Population:
     def _play(
         self, step: int, groups: list[str], learners: set[str], evaluation: dict | None = None
     ) -> tuple[dict, dict]:
-        """Play ``groups``' episodes of ``step`` (or a held-out evaluation: ``{"n", "temperature", "samples"}``),
-        then ``learners`` learn (or evaluate). Returns (outputs by group, errors by group)."""
+        """One step of ``groups``, top to bottom: their episodes (rollout phase), then ``learners`` score,
+        learn in one fused update, publish and record; or, with ``evaluation`` (``{"n", "temperature",
+        "samples"}``), held-out episodes scored without learning. Returns (outputs by group, errors by group)."""
+        import ray
+
+        # 1. rollout phase: every group's episodes, one generate call per round of turns
+        solo, games, failed = self._rollouts(step, groups, evaluation)
+        if evaluation:
+            return self._evaluate(step, solo, games, learners, failed)
+        # 2. score: each learning group scores its completions, computes advantages, packs its batch
+        refs = {g: self.actors[g].prepare.remote(step) for g in solo if g in learners and g not in failed}
+        refs.update(
+            {
+                g: self.actors[g].prepare.remote(step, *o)
+                for g, o in self._game_outcomes(games, learners, failed).items()
+            }
+        )
+        jobs, errors = self._timed("prepare", self._gather, refs)
+        failed = {**failed, **errors}
+        if not jobs:
+            return {}, failed
+        names = list(jobs)
+        t0 = time.perf_counter()
+        try:
+            # 3. learn: one fused trainer call with every group's batch (each slot its own optimizer step)
+            results = ray.get(self.trainer.train.remote([jobs[g] for g in names]))
+            train_s = time.perf_counter() - t0
+            # 4. publish: every updated adapter to the rollout service, in one call
+            publish_s = ray.get(self.trainer.publish.remote(self.rollout, [r.slot for r in results if not r.skipped]))
+        except ray.exceptions.RayActorError as e:
+            raise _TrainerDied(_error_text(e)) from None
+        self.phases.update(train=train_s, publish=publish_s)
+        # 5. record: each group's metrics row and samples
+        outs, errors = self._timed(
+            "finish",
+            self._gather,
+            {g: self.actors[g].finish.remote(step, r, train_s, publish_s) for g, r in zip(names, results)},
+        )
+        return outs, {**failed, **errors}
+
+    def _rollouts(
+        self, step: int, groups: list[str], evaluation: dict | None
+    ) -> tuple[list[str], set[str], dict[str, str]]:
+        """The rollout phase of ``step`` (or of a held-out evaluation) for ``groups``: single-turn,
+        multi-turn and game agents alike, each round of turns one generate call, until every episode is
+        over. Returns (solo groups, games played, errors by group)."""
         solo = [g for g in groups if g not in self.game_of]
         games = {self.game_of[g] for g in groups if g in self.game_of}
 
-        # 1. start: rows and first requests (a game's agents get the game's rows, and their turns from it)
+        # start: rows and first requests (a game's agents get the game's rows, and their turns from it)
         def start(g: str, rows: list[dict] | None = None):
             actor = self.actors[g]
             if evaluation:
@@ -277,7 +321,7 @@ class Population:
             refs.update({g: start(g, rows) for g in self.games[name].agents.values()})
         started, failed = self._timed("begin", self._gather, refs)
         pending = {g: r for g, r in started.items() if r is not None}
-        # 2. rounds of turns: one generate call each, until every episode is over
+        # rounds of turns: one generate call each; the env (or the game) answers the model in observe
         while True:
             refs = {}
             for name in sorted(games):
@@ -302,9 +346,7 @@ class Population:
                     self.games[self.game_of[g]].record(g, o["replies"])
                 elif o["request"] is not None:
                     pending[g] = o["request"]
-        # 3-8. learn (or evaluate): rewards and advantages per group, one fused update, one publish
-        scored = self._evaluate if evaluation else self._learn
-        return scored(step, solo, games, learners, failed)
+        return solo, games, failed
 
     def _game_outcomes(self, games: set[str], learners: set[str], failed: dict) -> dict[str, tuple]:
         """``(rewards, success)`` per learning game agent, from the games its agents finished."""
@@ -318,6 +360,7 @@ class Population:
         return out
 
     def _evaluate(self, step: int, solo: list[str], games: set[str], learners: set[str], failed: dict):
+        """Score the held-out episodes just played (no learning); one row per episode."""
         refs = {g: self.actors[g].evaluate.remote(step) for g in solo if g in learners and g not in failed}
         refs.update(
             {
@@ -326,38 +369,6 @@ class Population:
             }
         )
         outs, errors = self._gather(refs)
-        return outs, {**failed, **errors}
-
-    def _learn(self, step: int, solo: list[str], games: set[str], learners: set[str], failed: dict):
-        """3-4. each group scores its episodes and packs its batch; 5-6. one fused trainer call with every
-        group's batch; 7. one publish of every updated adapter; 8. each group's metrics rows."""
-        import ray
-
-        refs = {g: self.actors[g].prepare.remote(step) for g in solo if g in learners and g not in failed}
-        refs.update(
-            {
-                g: self.actors[g].prepare.remote(step, *o)
-                for g, o in self._game_outcomes(games, learners, failed).items()
-            }
-        )
-        jobs, errors = self._timed("prepare", self._gather, refs)
-        failed = {**failed, **errors}
-        if not jobs:
-            return {}, failed
-        names = list(jobs)
-        t0 = time.perf_counter()
-        try:
-            results = ray.get(self.trainer.train.remote([jobs[g] for g in names]))
-            train_s = time.perf_counter() - t0
-            publish_s = ray.get(self.trainer.publish.remote(self.rollout, [r.slot for r in results if not r.skipped]))
-        except ray.exceptions.RayActorError as e:
-            raise _TrainerDied(_error_text(e)) from None
-        self.phases.update(train=train_s, publish=publish_s)
-        outs, errors = self._timed(
-            "finish",
-            self._gather,
-            {g: self.actors[g].finish.remote(step, r, train_s, publish_s) for g, r in zip(names, results)},
-        )
         return outs, {**failed, **errors}
 
     def _reset_game(self, name: str, step: int, evaluation: dict | None) -> list[dict]:

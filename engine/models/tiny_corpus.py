@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import random
 
+from rewards.text import SOLUTION_END, SOLUTION_START
+
 LIST_NAMES = ("Items", "Cards", "Boxes", "Options", "Numbers", "Choices", "Keys", "Slots")
 KEY_NAMES = ("Pick", "Say", "Code", "Key", "Note", "Hint", "Value", "Word", "Goal", "Secret")
 WORDS = ("cat", "dog", "sun", "tree", "fish", "bird", "rock", "star", "moon", "leaf")
@@ -54,7 +56,7 @@ def copy_example(rng: random.Random, max_len: int = 8) -> tuple[str, str]:
     return ", ".join(f"{key}={v}" for key, v in zip(keys, values)) + f". What is {keys[k]}?", values[k]
 
 
-def recall_row(rng: random.Random, start: str = "<answer>", end: str = "</answer>") -> dict:
+def recall_row(rng: random.Random, start: str = SOLUTION_START, end: str = SOLUTION_END) -> dict:
     """A key/value recall question as a chat prompt: ``prompt`` (messages), ``answer``, ``reasoning``.
 
     >>> row = recall_row(random.Random(1))

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from engine.config.schema import GRPOConfig
 from engine.trainer.grpo import LOSS_AGGREGATION, aggregation_weights, clipped_token_loss, distinct_rows, k3_kl
 from engine.trainer.importance import importance_weights
 from engine.trainer.multi_lora import MultiLoRAModel
@@ -65,19 +66,19 @@ class LossSettings:
     """Upper bound of the IS weight."""
 
     @classmethod
-    def from_grpo(cls, hp: Mapping[str, Any], max_len: int) -> LossSettings:
-        """From a group's ``grpo`` hyper-parameter dict (``GroupActor.hp``); ``max_len`` as ``learn`` computes it."""
+    def from_grpo(cls, hp: GRPOConfig, max_len: int) -> LossSettings:
+        """From a group's GRPO settings (``GroupActor.hp``); ``max_len`` as ``GroupActor.prepare`` computes it."""
         return cls(
-            loss_type=hp["loss_type"],
+            loss_type=hp.loss_type,
             max_len=max_len,
-            epsilon_low=hp["epsilon_low"],
-            epsilon_high=hp["epsilon_high"],
-            beta=hp["beta"],
-            temperature=hp["temperature"],
-            num_iterations=hp["num_iterations"],
-            is_correction=hp["vllm_importance_sampling_correction"],
-            is_mode=hp["vllm_importance_sampling_mode"],
-            is_cap=hp["vllm_importance_sampling_cap"],
+            epsilon_low=hp.epsilon_low,
+            epsilon_high=hp.epsilon_high,
+            beta=hp.beta,
+            temperature=hp.temperature,
+            num_iterations=hp.num_iterations,
+            is_correction=hp.vllm_importance_sampling_correction,
+            is_mode=hp.vllm_importance_sampling_mode,
+            is_cap=hp.vllm_importance_sampling_cap,
         )
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.config.schema import GRPOConfig
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -60,14 +62,10 @@ class SlotHParams:
     """Clip of this slot's own gradient norm."""
 
     @classmethod
-    def from_grpo(cls, hp: Mapping[str, Any]) -> SlotHParams:
-        """From a group's ``grpo`` hyper-parameter dict (``GroupActor.hp``)."""
-        return cls(
-            lr=hp["lr"],
-            betas=tuple(hp["adam_betas"]),
-            weight_decay=hp["weight_decay"],
-            max_grad_norm=hp["max_grad_norm"],
-        )
+    def from_grpo(cls, hp: GRPOConfig) -> SlotHParams:
+        """From a group's GRPO settings (``GroupActor.hp``)."""
+        b1, b2 = hp.adam_betas
+        return cls(lr=hp.lr, betas=(b1, b2), weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm)
 
 
 @dataclass(eq=False)
