@@ -6,12 +6,12 @@ generates for all groups in one batch and the trainer service updates them all i
 
     request = group.begin(step)                    # 1. sample prompts, tokenize
     result  = rollout.generate([request, ...])     # 2. completions + sampler log-probs (all groups)
-    request = group.observe(result)["request"]     #    a multi-turn env answers: next turn, or None
+    request = group.observe(result).request        #    a multi-turn env answers: next turn, or None
     ...                                            #    (a game agent's turns come from the coordinator)
     job     = group.prepare(step)                  # 3-4. rewards -> advantages -> packed batch
     results = trainer.train([job, ...])            # 5-6. one fused loss/backward, each slot's own step
     trainer.publish(rollout)                       # 7. every updated adapter in one call
-    row     = group.finish(step, result, ...)      # 8. metrics and sample rows
+    out     = group.finish(step, result, ...)      # 8. StepOutput: metrics row, sample rows
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.config.builders import GroupPlan, accuracy_fn, build_env, build_rewards
 from engine.config.faults import group_fault
+from engine.config.schema import GameEnvConfig
 from engine.rollout.types import RolloutRequest, RolloutResult
 from envs.multiturn import MultiTurnEnv
 from groups.episodes import Episodes
@@ -30,13 +32,37 @@ from rewards.registry import load_reward
 from rewards.text import completion_text
 
 if TYPE_CHECKING:
-    from engine.trainer.fused import GroupResult
+    from engine.trainer.fused import GroupResult, Packed
     from engine.trainer.service import TrainJob
 
 
 def step_seed(seed: int, step: int) -> int:
     """Sampling seed of one group's step, derived from ``(seed, step)`` only (resume-safe)."""
     return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+
+
+@dataclass
+class Observed:
+    """A turn's completions, recorded (``GroupActor.observe``)."""
+
+    replies: dict[int, str]
+    """Each episode's new reply text, by episode index (what a game records)."""
+    request: RolloutRequest | None
+    """The next turn's request (a multi-turn env answered), or None when the group's episodes are over."""
+
+
+@dataclass
+class StepOutput:
+    """One group's step, as the coordinator records it (``GroupActor.finish``)."""
+
+    metrics: dict[str, Any]
+    """The group's ``steps/`` row."""
+    samples: list[dict[str, Any]]
+    """Its ``samples/`` rows, one per episode."""
+    failures: dict[str, str]
+    """Reward functions that failed on this batch: name -> error (``reward_failure`` events)."""
+    skipped: str | None
+    """Why its update was skipped (an ``update_skipped`` event), or None when it was applied."""
 
 
 class GroupActor:
@@ -52,7 +78,7 @@ class GroupActor:
             if p not in sys.path:
                 sys.path.append(p)
         self.plan, self.name, self.hp = plan, plan.name, plan.grpo.model_copy()
-        self.game_role = plan.env.get("role")  # a game agent: the coordinator plays the game
+        self.game_role = plan.env.role if isinstance(plan.env, GameEnvConfig) else None  # the coordinator plays games
         self.env = None if self.game_role is not None else build_env(plan.env, plan.seed, plan.tags, plan.eval_seed)
         self.reward_fns = build_rewards(plan.rewards, plan.tags, plan.extra_sys_path)
         self.is_correct = accuracy_fn(plan.tags)
@@ -162,9 +188,8 @@ class GroupActor:
         self._turn += 1
         return self._episodes.request(observations, self._turn)
 
-    def observe(self, result: RolloutResult) -> dict:
-        """2. Record a turn's completions; a multi-turn env answers them. Returns ``{"replies": {episode:
-        text}, "request": the next turn's RolloutRequest or None}``."""
+    def observe(self, result: RolloutResult) -> Observed:
+        """2. Record a turn's completions; a multi-turn env answers them, which may ask the next turn."""
         replies = self._episodes.record(result)
         request = None
         if self._env_rewards is not None:
@@ -182,7 +207,7 @@ class GroupActor:
             if observations:
                 self._turn += 1
                 request = self._episodes.request(observations, self._turn)
-        return {"replies": replies, "request": request}
+        return Observed(replies, request)
 
     def _score(self, step: int, env_rewards: list[float] | None, success: list | None):
         """3. Rewards per function (TRL signature; an env's or game's reward is the ``env_reward`` column),
@@ -241,11 +266,11 @@ class GroupActor:
         advantages = group_advantages(rewards, G, hp.scale_rewards)  # [B]
         packed = self._pack()  # ids [B, P+L], loss mask [B, L], sampler log-probs [B, L]
         max_len = hp.max_completion_length * max(t.turns for t in self._episodes.transcripts)
-        self._scored = (scored, correct, rewards, advantages, packed["mask"], packed["old_logp"])
+        self._scored = (scored, correct, rewards, advantages, packed.mask, packed.old_logp)
         batch = GroupBatch.from_pack(self.name, packed, advantages, LossSettings.from_grpo(hp, max_len))
         return TrainJob(batch, SlotHParams.from_grpo(hp))
 
-    def finish(self, step: int, result: GroupResult, train_s: float, publish_s: float) -> dict:
+    def finish(self, step: int, result: GroupResult, train_s: float, publish_s: float) -> StepOutput:
         """Step 8 after the trainer's update (steps 5-7): this group's metrics row and sample rows."""
         from engine.trainer.grpo import masked_mean
 
@@ -310,12 +335,7 @@ class GroupActor:
             }
             for i, t in enumerate(eps.transcripts)
         ]
-        return {
-            "metrics": metrics,
-            "samples": samples,
-            "failures": scored.failures,
-            "skipped": result.reason if result.skipped else None,
-        }
+        return StepOutput(metrics, samples, scored.failures, result.reason if result.skipped else None)
 
     def _sample_text(self, t) -> dict:
         """Prompt and completion as text; a multi-turn completion keeps its turn markers."""
@@ -323,10 +343,12 @@ class GroupActor:
         completion = t.replies[0] if t.turns == 1 else decode(t.ids, skip_special_tokens=False)
         return {"prompt": decode(t.prompt_ids, skip_special_tokens=False), "completion": completion}
 
-    def _pack(self) -> dict:
+    def _pack(self) -> Packed:
         """First prompts left-padded to P, the rest (model turns + observations) right-padded to L:
         ids [B, P+L]; loss mask [B, L] (1 on sampled tokens); sampler log-probs [B, L]."""
         import torch
+
+        from engine.trainer.fused import Packed
 
         pad = self.tokenizer.pad_token_id
         transcripts = self._episodes.transcripts
@@ -339,13 +361,7 @@ class GroupActor:
             attn.append([0] * (P - len(p)) + [1] * (len(p) + len(c)) + [0] * gap)
             mask.append(t.mask + [0.0] * gap)
             old.append(t.logprobs + [0.0] * gap)
-        return {
-            "input_ids": torch.tensor(ids),
-            "attention_mask": torch.tensor(attn),
-            "P": P,
-            "mask": torch.tensor(mask),
-            "old_logp": torch.tensor(old),
-        }
+        return Packed(torch.tensor(ids), torch.tensor(attn), P, torch.tensor(mask), torch.tensor(old))
 
     # --- held-out evaluation ----------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 import pytest
 
 from engine.config.builders import accuracy_fn, build_rewards
-from engine.config.schema import TagFormat
+from engine.config.schema import RewardSpec, TagFormat
 
 TAGS = TagFormat(
     reasoning_start="<think>", reasoning_end="</think>", solution_start="<SOLUTION>", solution_end="</SOLUTION>"
@@ -23,9 +23,7 @@ def test_accuracy_is_numeric_or_exact_between_the_groups_tags():
 
 
 def test_reward_names_are_unique_and_tags_reach_builtins():
-    fns = build_rewards(
-        [{"name": "format_exact", "weight": 2.0, "params": {}}, {"name": "format_exact", "params": {}}], TAGS
-    )
+    fns = build_rewards([RewardSpec(name="format_exact", weight=2.0), RewardSpec(name="format_exact")], TAGS)
     assert [(n, w) for n, _, w in fns] == [("format_exact", 2.0), ("format_exact_2", 1.0)]
     fn = fns[0][1]
     assert fn(None, ["<think>a</think><SOLUTION>1</SOLUTION>", "<think>a</think><answer>1</answer>"]) == [1.0, 0.0]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from engine.trainer.importance import importance_stats, importance_weights
+from engine.trainer.importance import importance_weights
 
 
 def test_equal_logprobs_give_weight_one():
@@ -56,11 +56,3 @@ def test_no_gradient_through_weights():
     loss = (w * trainer).sum()  # the weight multiplies the per-token loss as a constant
     loss.backward()
     assert torch.allclose(trainer.grad, w)
-
-
-def test_stats_over_completion_tokens_only():
-    w = torch.tensor([[0.5, 2.0, 9.0]])
-    s = importance_stats(w, torch.tensor([[1.0, 1.0, 0.0]]))
-    assert s == {"is/min": 0.5, "is/mean": 1.25, "is/max": 2.0}
-    s = importance_stats(torch.tensor([[2.0]]), torch.tensor([[1.0, 0.0]]))
-    assert s["is/mean"] == 2.0

@@ -211,11 +211,12 @@ def test_each_code_exec_group_records_its_sandbox_and_a_weaker_one_is_said(monke
     from types import SimpleNamespace
 
     import rewards.kernel_sandbox as ks
+    from engine.config.schema import RewardSpec
     from engine.loop.coordinator import sandbox_events
 
     plans = [
-        SimpleNamespace(name="code", rewards=[{"name": "code_exec"}]),
-        SimpleNamespace(name="sums", rewards=[{"name": "format_exact"}]),
+        SimpleNamespace(name="code", rewards=[RewardSpec(name="code_exec")]),
+        SimpleNamespace(name="sums", rewards=[RewardSpec(name="format_exact")]),
     ]
     said = []
     (row,) = sandbox_events(plans, said.append)

@@ -280,9 +280,9 @@ def test_a_group_step_ignores_unscorable_completions_as_trl_does(tmp_path, tiny_
     assert job.batch.advantages.tolist() == pytest.approx([a, 0.0, -a, 0.0, 0.0, 0.0], abs=1e-6)
     assert job.batch.advantages[[1, 3, 4, 5]].tolist() == [0.0] * 4
     out = actor.finish(1, GroupResult("a", loss=0.0, grad_norm=0.0, lr=1e-5), 0.1, 0.1)
-    m = out["metrics"]
+    m = out.metrics
     assert m["reward"] == pytest.approx(0.5) and m["reward_std"] == pytest.approx(math.sqrt(0.5))
-    samples = out["samples"]
+    samples = out.samples
     assert [None if math.isnan(s["reward"]) else s["reward"] for s in samples] == [1.0, None, 0.0, None, None, None]
     assert [math.isnan(s["reward/skips"]) for s in samples] == [False, True, False, True, True, True]
     assert [s["advantage"] for s in samples] == pytest.approx([a, 0.0, -a, 0.0, 0.0, 0.0], abs=1e-6)

@@ -100,8 +100,8 @@ def test_every_offline_trl_reward_scores_a_step_through_the_group_actor(tmp_path
     assert {"answer", "question"} <= set(seen["keys"])
     assert per["spy"] == [float(len(i)) for i in ids]
     out = actor.finish(3, GroupResult("a", loss=0.0, grad_norm=0.0, lr=1e-5), 0.1, 0.1)
-    assert json.loads(out["metrics"]["reward_log"]) == {"spy_calls": 1.0}
-    logged = [json.loads(s["reward_log"]) for s in out["samples"]]
+    assert json.loads(out.metrics["reward_log"]) == {"spy_calls": 1.0}
+    logged = [json.loads(s["reward_log"]) for s in out.samples]
     assert [x["spy_len"] for x in logged] == [len(RIGHT), len(WRONG)]
     assert [x["solution"] for x in logged] == [solution] * 2  # TRL's accuracy_reward logs its own columns too
 

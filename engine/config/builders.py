@@ -1,9 +1,8 @@
 """Builders: turn the validated config into plain per-group plans, and plans into envs and rewards.
 
 Components (``groups/``, ``envs/``, ``rewards/``) never see ``RunConfig``: a ``GroupPlan`` holds one group's
-part of it, the validated ``GRPOConfig``, ``LoraConfig`` and ``TagFormat`` models (they pickle across Ray;
-a typo in a field name fails in mypy, not in an actor at step N), the env's keyword arguments and the
-reward specs as plain values.
+part of it as the config's validated models (env, rewards, GRPO, LoRA, tags: they pickle across Ray, and a
+typo in a field name fails in mypy, not in an actor at step N).
 """
 
 from __future__ import annotations
@@ -13,7 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config.schema import DatasetEnvConfig, GRPOConfig, LoraConfig, RunConfig, TagFormat
+from engine.config.schema import (
+    AnyEnvConfig,
+    DatasetEnvConfig,
+    GameEnvConfig,
+    GRPOConfig,
+    LoraConfig,
+    RewardSpec,
+    RunConfig,
+    TagFormat,
+)
 
 
 @dataclass
@@ -23,8 +31,8 @@ class GroupPlan:
     name: str
     cohort: str
     seed: int
-    env: dict[str, Any]  # {"type": ..., **kwargs of the env class}
-    rewards: list[dict[str, Any]]  # [{"name", "weight", "params"}]
+    env: AnyEnvConfig  # the env (a game agent's: its role and game instance)
+    rewards: list[RewardSpec]  # file paths resolved against the config's folder
     tags: TagFormat  # the answer format: reasoning and solution tags
     grpo: GRPOConfig  # the group's GRPO settings as configured (GroupActor.hp starts as a copy)
     lora: LoraConfig
@@ -38,16 +46,16 @@ def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
     plans = []
     for index, spec in enumerate(cfg.groups):
         base_seed = spec.seed if spec.seed is not None else cfg.seed + 1000 * index
-        env = spec.env.model_dump()
-        if isinstance(spec.env, DatasetEnvConfig):
-            path = Path(spec.env.path).expanduser()
-            env["path"] = str(path if path.is_absolute() else (config_dir / path))
-        rewards = [_resolve_reward_path(r.model_dump(), config_dir) for r in spec.rewards]
-        game = env.get("game") or env["type"]  # game agents only: replica k plays game instance k
+        env: AnyEnvConfig = spec.env.model_copy()
+        if isinstance(env, DatasetEnvConfig):
+            path = Path(env.path).expanduser()
+            env = env.model_copy(update={"path": str(path if path.is_absolute() else (config_dir / path))})
+        rewards = [_resolve_reward_path(r, config_dir) for r in spec.rewards]
         for k in range(spec.num_groups):
             name = spec.name if spec.num_groups == 1 else f"{spec.name}-{k}"
-            if "role" in env:
-                env = {**env, "game": game if spec.num_groups == 1 else f"{game}#{k}"}
+            if isinstance(spec.env, GameEnvConfig):  # replica k plays game instance k
+                game = spec.env.game or spec.env.type
+                env = spec.env.model_copy(update={"game": game if spec.num_groups == 1 else f"{game}#{k}"})
             plans.append(
                 GroupPlan(
                     name=name,
@@ -70,18 +78,18 @@ def group_plans(cfg: RunConfig, config_dir: Path) -> list[GroupPlan]:
     return plans
 
 
-def _resolve_reward_path(spec: dict[str, Any], config_dir: Path) -> dict[str, Any]:
-    module, sep, fn = spec["name"].rpartition(":")
+def _resolve_reward_path(spec: RewardSpec, config_dir: Path) -> RewardSpec:
+    module, sep, fn = spec.name.rpartition(":")
     if sep and module.endswith(".py") and not Path(module).is_absolute():
         candidate = config_dir / module
         if candidate.is_file() and not Path(module).is_file():
-            spec = {**spec, "name": f"{candidate}:{fn}"}
-    return spec
+            return spec.model_copy(update={"name": f"{candidate}:{fn}"})
+    return spec.model_copy()
 
 
-def build_env(env: dict[str, Any], seed: int, tags: TagFormat, eval_seed: int | None = None):
+def build_env(env: AnyEnvConfig, seed: int, tags: TagFormat, eval_seed: int | None = None):
     """The env object of a plan; its held-out set is drawn from ``eval_seed`` (the cohort's), else ``seed``."""
-    built = _build_env(env, seed, tags, eval_seed)
+    built = _build_env(env.model_dump(), seed, tags, eval_seed)
     built.eval_seed = eval_seed
     return built
 
@@ -114,19 +122,19 @@ def _build_env(env: dict[str, Any], seed: int, tags: TagFormat, eval_seed: int |
     raise ValueError(f"env.type: unknown env {env['type']!r}")
 
 
-def build_game(env: dict[str, Any], seed: int, tags: TagFormat):
+def build_game(env: GameEnvConfig, seed: int, tags: TagFormat):
     """The game object of a game agent's plan (the same for every agent of the game)."""
-    kwargs = {k: v for k, v in env.items() if k not in ("type", "role", "game")}
+    kwargs = env.model_dump(exclude={"type", "role", "game"})
     tags_kw: dict[str, Any] = tags.model_dump()  # the envs' tag keyword arguments
-    if env["type"] == "signaling":
+    if env.type == "signaling":
         from envs.signaling import SignalingGame
 
         return SignalingGame(seed=seed, **kwargs, **tags_kw)
-    if env["type"] == "negotiation":
+    if env.type == "negotiation":
         from envs.negotiation import NegotiationGame
 
         return NegotiationGame(seed=seed, **kwargs, **tags_kw)
-    raise ValueError(f"env.type: {env['type']!r} is not a game")
+    raise ValueError(f"env.type: {env.type!r} is not a game")
 
 
 def build_games(plans: list[GroupPlan]) -> tuple[dict[str, Any], dict[str, int]]:
@@ -134,21 +142,21 @@ def build_games(plans: list[GroupPlan]) -> tuple[dict[str, Any], dict[str, int]]
     per step; the game's seed and batch shape are its first agent's (validated equal across agents)."""
     from envs.game import GameEpisodes
 
-    agents: dict[str, list[GroupPlan]] = {}
+    agents: dict[str, list[tuple[GroupPlan, GameEnvConfig]]] = {}
     for p in plans:
-        if "role" in p.env:
-            agents.setdefault(p.env["game"], []).append(p)
+        if isinstance(p.env, GameEnvConfig):
+            agents.setdefault(p.env.game or p.env.type, []).append((p, p.env))
     games, prompts = {}, {}
     for name, members in agents.items():
-        first = members[0]
-        game = build_game(first.env, first.seed, first.tags)
-        games[name] = GameEpisodes(game, {p.env["role"]: p.name for p in members}, first.grpo.group_size)
+        first, env = members[0]
+        game = build_game(env, first.seed, first.tags)
+        games[name] = GameEpisodes(game, {e.role: p.name for p, e in members}, first.grpo.group_size)
         prompts[name] = first.grpo.prompts_per_step
     return games, prompts
 
 
 def build_rewards(
-    rewards: list[dict[str, Any]], tags: TagFormat, search: list[str] | None = None
+    rewards: list[RewardSpec], tags: TagFormat, search: list[str] | None = None
 ) -> list[tuple[str, Callable, float]]:
     """``(unique_name, fn, weight)`` per configured reward; repeated names get ``_2``, ``_3``. ``search``:
     the user's folders for ``module:function`` rewards (a plan's ``extra_sys_path``), searched first."""
@@ -157,10 +165,10 @@ def build_rewards(
     out: list[tuple[str, Callable, float]] = []
     seen: dict[str, int] = {}
     for spec in rewards:
-        fn = load_reward(spec["name"], spec.get("params"), defaults=tags.model_dump(), search=search or ())
-        base = getattr(fn, "__name__", None) or spec["name"].rpartition(":")[2]
+        fn = load_reward(spec.name, spec.params, defaults=tags.model_dump(), search=search or ())
+        base = getattr(fn, "__name__", None) or spec.name.rpartition(":")[2]
         seen[base] = seen.get(base, 0) + 1
-        out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", fn, float(spec.get("weight", 1.0))))
+        out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", fn, spec.weight))
     return out
 
 

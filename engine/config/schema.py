@@ -212,6 +212,15 @@ class NegotiationEnvConfig(_Strict):
 
 
 GameEnvConfig = SignalingEnvConfig | NegotiationEnvConfig
+AnyEnvConfig = (
+    ArithmeticEnvConfig
+    | DatasetEnvConfig
+    | DomainEnvConfig
+    | CodeEnvConfig
+    | GuessEnvConfig
+    | SignalingEnvConfig
+    | NegotiationEnvConfig
+)  # a validated env config, whichever kind (``EnvConfig`` is the same union, discriminated by ``type``)
 """An env config of a game agent (one with a ``role`` and a ``game``)."""
 
 GAME_KINDS = ("signaling", "negotiation")

@@ -33,10 +33,11 @@ import pandas as pd
 from engine.config.builders import GroupPlan, build_env, build_games, build_rewards, group_plans
 from engine.config.faults import ENV as FAULTS_ENV
 from engine.config.loading import ConfigError, dump_config, load_config
-from engine.config.schema import RunConfig
+from engine.config.schema import DatasetEnvConfig, GameEnvConfig, RunConfig
 from engine.results.checkpoint import commit_checkpoint, discard_after, latest_checkpoint
 from engine.results.scores import group_scores, leaderboard
 from engine.results.tables import RunWriter, event_row, read_table, reward_names, write_atomic_bytes
+from groups.actor import StepOutput
 from groups.rebalance import STRATEGIES, relative_gaps
 
 
@@ -60,7 +61,7 @@ def preflight(plans: list[GroupPlan]) -> None:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"games: {e}") from None
     for plan in plans:
-        if "role" in plan.env:  # a game agent: its prompts come from the game
+        if isinstance(plan.env, GameEnvConfig):  # a game agent: its prompts come from the game
             rows = []
         else:
             try:
@@ -79,7 +80,7 @@ def preflight(plans: list[GroupPlan]) -> None:
 def sandbox_events(plans: list[GroupPlan], log) -> list[dict]:
     """Which sandbox runs each ``code_exec`` group's code: an ``events`` row per group (kind ``sandbox``);
     a weaker one than the kernel's (accepted with ``weaker_sandbox: true``) is said once on the console."""
-    uses = [p.name for p in plans if any(r["name"] == "code_exec" for r in p.rewards)]
+    uses = [p.name for p in plans if any(r.name == "code_exec" for r in p.rewards)]
     if not uses:
         return []
     from rewards.kernel_sandbox import features
@@ -97,18 +98,18 @@ def sandbox_events(plans: list[GroupPlan], log) -> list[dict]:
     return [event_row(0, g, "sandbox", detail) for g in uses]
 
 
-def _check_first_rewards(outs: list[dict]) -> None:
+def _check_first_rewards(outs: list[StepOutput]) -> None:
     """A reward function that raised for every group that calls it in step 1 is a configuration error
     (a wrong signature, a missing column, a missing package), not a run's bad luck: ``ConfigError``. (One
     that returned an infinite value failed on its data: recorded, as in later steps.)"""
     users: dict[str, list[str]] = {}
     failed: dict[str, list[tuple[str, str]]] = {}
     for o in outs:
-        group = o["metrics"]["group"]
-        for key in o["metrics"]:
+        group = o.metrics["group"]
+        for key in o.metrics:
             if key.startswith("reward/"):
                 users.setdefault(key.removeprefix("reward/"), []).append(group)
-        for fn, err in o["failures"].items():
+        for fn, err in o.failures.items():
             if not err.startswith("NonFiniteReward"):  # an inf on some sample is the data's, not the config's
                 failed.setdefault(fn, []).append((group, err))
     broken = [fn for fn, where in failed.items() if len(where) == len(users.get(fn, []))]
@@ -242,13 +243,13 @@ def check_prompt_lengths(plans: list[GroupPlan], model_path: str) -> None:
     actor drops over-long rows, never cuts them) is a configuration error, found before the run starts."""
     from engine.models.base import load_tokenizer, prompt_ids
 
-    datasets = [p for p in plans if p.env.get("type") == "dataset"]
+    datasets = [(p, p.env) for p in plans if isinstance(p.env, DatasetEnvConfig)]
     if not datasets:
         return
     tokenizer = load_tokenizer(model_path)
     shortest: dict[str, int] = {}  # dataset path -> its shortest training prompt, in tokens
-    for plan in datasets:
-        path = plan.env["path"]
+    for plan, dataset in datasets:
+        path = dataset.path
         if path not in shortest:
             env = build_env(plan.env, plan.seed, plan.tags, plan.eval_seed)
             shortest[path] = min(len(prompt_ids(tokenizer, row["prompt"])) for row in env.batch(0, len(env)))
@@ -374,24 +375,20 @@ def _train(
             outs, events = population.step(step)
             _commit_written(population, pending, run_dir, pop_cfg.keep_checkpoints)
             pending = None
-            metrics = [o["metrics"] for o in outs]
+            metrics = [o.metrics for o in outs]
             for m in metrics:  # the population's phases (begin, generate, observe, prepare, finish, step)
                 m.update({f"time/{k}_s": v for k, v in population.phases.items() if f"time/{k}_s" not in m})
             samples = [
-                s
-                for o in outs
-                for s in (o["samples"] if cfg.samples_per_step < 0 else o["samples"][: cfg.samples_per_step])
+                s for o in outs for s in (o.samples if cfg.samples_per_step < 0 else o.samples[: cfg.samples_per_step])
             ]
             if step == 1:
                 _check_first_rewards(outs)
             events += [
-                event_row(step, o["metrics"]["group"], "reward_failure", f"{fn}: {err}")
+                event_row(step, o.metrics["group"], "reward_failure", f"{fn}: {err}")
                 for o in outs
-                for fn, err in o["failures"].items()
+                for fn, err in o.failures.items()
             ]
-            events += [
-                event_row(step, o["metrics"]["group"], "update_skipped", o["skipped"]) for o in outs if o["skipped"]
-            ]
+            events += [event_row(step, o.metrics["group"], "update_skipped", o.skipped) for o in outs if o.skipped]
             events += silent.observe(step, metrics)
             history.extend(metrics)
             # 2. held-out evaluation

@@ -19,6 +19,7 @@ from engine.config.builders import GroupPlan, build_games
 from engine.config.faults import fault_point
 from engine.results.checkpoint import checkpoint_dir
 from engine.results.tables import event_row
+from groups.actor import StepOutput
 from groups.rebalance import Decision
 
 ROWS_USED = "rows_used"
@@ -222,7 +223,7 @@ class Population:
 
     # --- one step: every group's episodes, turn by turn ------------------------------------------
 
-    def step(self, step: int) -> tuple[list[dict], list[dict]]:
+    def step(self, step: int) -> tuple[list[StepOutput], list[dict]]:
         """Every live group's GRPO step; returns (their outputs, events). Each round of turns of all groups
         (single-turn, multi-turn and game agents alike) is one generate call."""
         events: list[dict] = []
@@ -343,9 +344,9 @@ class Population:
             pending = {}
             for g, o in observed.items():
                 if g in self.game_of:
-                    self.games[self.game_of[g]].record(g, o["replies"])
-                elif o["request"] is not None:
-                    pending[g] = o["request"]
+                    self.games[self.game_of[g]].record(g, o.replies)
+                elif o.request is not None:
+                    pending[g] = o.request
         return solo, games, failed
 
     def _game_outcomes(self, games: set[str], learners: set[str], failed: dict) -> dict[str, tuple]:

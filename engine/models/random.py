@@ -119,14 +119,6 @@ def build_random_llama(
     return out
 
 
-def count_parameters(dims: dict[str, Any], vocab_size: int) -> int:
-    """Parameters of a tied-embedding Llama with these dims (for docs and sanity checks)."""
-    h, i, n = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
-    kv = h // dims["num_attention_heads"] * dims["num_key_value_heads"]
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
-    return vocab_size * h + n * per_layer + h
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")

@@ -27,9 +27,8 @@ of a step without that group, bit for bit, and its own slot is untouched (``skip
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -83,6 +82,23 @@ class LossSettings:
 
 
 @dataclass
+class Packed:
+    """One group's episodes as token tensors (``GroupActor._pack``): first prompts left-padded to
+    ``prompt_len``, the rest (model turns and observations) right-padded to L."""
+
+    input_ids: torch.Tensor
+    """[B, P+L]."""
+    attention_mask: torch.Tensor
+    """[B, P+L]."""
+    prompt_len: int
+    """P."""
+    mask: torch.Tensor
+    """[B, L] float, 1 on the tokens the model sampled."""
+    old_logp: torch.Tensor
+    """[B, L] the sampler's log-probs of those tokens (0 elsewhere)."""
+
+
+@dataclass
 class GroupBatch:
     """One group's packed batch, as ``GroupActor._pack`` builds it, plus its advantages and loss settings."""
 
@@ -103,20 +119,10 @@ class GroupBatch:
     loss: LossSettings
 
     @classmethod
-    def from_pack(
-        cls, slot: str, packed: Mapping[str, Any], advantages: torch.Tensor, loss: LossSettings
-    ) -> GroupBatch:
-        """From ``GroupActor._pack()``'s dict."""
-        return cls(
-            slot,
-            packed["input_ids"],
-            packed["attention_mask"],
-            packed["P"],
-            packed["mask"],
-            packed["old_logp"],
-            advantages,
-            loss,
-        )
+    def from_pack(cls, slot: str, packed: Packed, advantages: torch.Tensor, loss: LossSettings) -> GroupBatch:
+        """From a group's ``Packed`` episodes, its advantages and its loss settings."""
+        p = packed
+        return cls(slot, p.input_ids, p.attention_mask, p.prompt_len, p.mask, p.old_logp, advantages, loss)
 
 
 @dataclass

@@ -70,11 +70,3 @@ def importance_weights(
     if sequence_level:
         diff = diff.sum(dim=-1, keepdim=True)  # [B, 1]
     return bound(torch.exp(diff), clip_min, clip_max)
-
-
-def importance_stats(weights: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """min / mean / max of the weights over completion tokens (TRL logs the same three)."""
-    w = weights.expand_as(mask)[mask.bool()]  # [tokens]; sequence weights repeat over their tokens
-    if w.numel() == 0:
-        return {"is/min": math.nan, "is/mean": math.nan, "is/max": math.nan}
-    return {"is/min": float(w.min()), "is/mean": float(w.mean()), "is/max": float(w.max())}

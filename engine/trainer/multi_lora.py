@@ -240,10 +240,6 @@ class MultiLoRAModel(nn.Module):
         finally:
             self.routing.batch, self.routing.segments = None, []
 
-    def slot_ids(self, names: list[str | None]) -> torch.Tensor:
-        """[len(names)] slot ids of the named slots (None -> -1, the base) for ``route``."""
-        return torch.tensor([-1 if n is None else self.slots[n].sid for n in names])
-
     def targets(self, spec: LoraSpec) -> list[str]:
         """Module names a slot of this ``spec`` targets: exactly PEFT's for the same ``LoraConfig``."""
         names = peft_targets(
