@@ -6,7 +6,8 @@ generates for all groups in one batch and the trainer service updates them all i
 
     request = group.begin(step)                    # 1. sample prompts, tokenize
     result  = rollout.generate([request, ...])     # 2. completions + sampler log-probs (all groups)
-    request = group.observe(result).request        #    a multi-turn env answers: next turn, or None
+    group.observe(result)                          #    record; then a multi-turn env answers:
+    request = group.answer()                       #    the next turn's request, or None
     ...                                            #    (a game agent's turns come from the coordinator)
     job     = group.prepare(step)                  # 3-4. rewards -> advantages -> packed batch
     results = trainer.train([job, ...])            # 5-6. one fused loss/backward, each slot's own step
@@ -47,8 +48,9 @@ class Observed:
 
     replies: dict[int, str]
     """Each episode's new reply text, by episode index (what a game records)."""
-    request: RolloutRequest | None
-    """The next turn's request (a multi-turn env answered), or None when the group's episodes are over."""
+    answers: bool
+    """True: the group's own env (multi-turn) answers them (``GroupActor.answer``); a single-turn
+    group's episodes are over, a game agent's game answers it."""
 
 
 @dataclass
@@ -175,6 +177,7 @@ class GroupActor:
     def _begin(self, rows: list[dict], n: int, sampling: dict) -> RolloutRequest | None:
         self._episodes = Episodes(self.tokenizer, self._encode, self.name, rows, n, sampling)
         self._turn = 0
+        self._replies: dict[int, str] = {}  # the last round's replies (what ``answer`` answers)
         self._env_rewards: list[float] | None = None
         if self.game_role is not None:
             return None
@@ -189,25 +192,29 @@ class GroupActor:
         return self._episodes.request(observations, self._turn)
 
     def observe(self, result: RolloutResult) -> Observed:
-        """2. Record a turn's completions; a multi-turn env answers them, which may ask the next turn."""
-        replies = self._episodes.record(result)
-        request = None
-        if self._env_rewards is not None:
-            assert isinstance(self.env, MultiTurnEnv)  # (``_begin`` keeps env rewards for one only)
-            observations = {}
-            for e, text in replies.items():
-                turn = self.env.step(self._states[e], text)
-                self._env_rewards[e] += turn.reward
-                if (
-                    not turn.done
-                    and turn.observation is not None
-                    and self._episodes.transcripts[e].turns < self.env.max_turns
-                ):
-                    observations[e] = turn.observation
-            if observations:
-                self._turn += 1
-                request = self._episodes.request(observations, self._turn)
-        return Observed(replies, request)
+        """2. Record a turn's completions (the model's replies, for a game to read); says whether this
+        group's own env answers them (a multi-turn env: ``answer``)."""
+        self._replies = self._episodes.record(result)
+        return Observed(self._replies, answers=self._env_rewards is not None)
+
+    def answer(self) -> RolloutRequest | None:
+        """2. The multi-turn env answers the last replies: each episode's reward, and the next turn's
+        request for the episodes that go on (None when all are over)."""
+        assert isinstance(self.env, MultiTurnEnv) and self._env_rewards is not None  # (``observe`` said so)
+        observations = {}
+        for e, text in self._replies.items():
+            turn = self.env.step(self._states[e], text)
+            self._env_rewards[e] += turn.reward
+            if (
+                not turn.done
+                and turn.observation is not None
+                and self._episodes.transcripts[e].turns < self.env.max_turns
+            ):
+                observations[e] = turn.observation
+        if not observations:
+            return None
+        self._turn += 1
+        return self._episodes.request(observations, self._turn)
 
     def _score(self, step: int, env_rewards: list[float] | None, success: list | None):
         """3. Rewards per function (TRL signature; an env's or game's reward is the ``env_reward`` column),

@@ -115,6 +115,47 @@ def test_guess_env_answers_higher_lower_and_rewards_finding_it():
     assert env.batch(4, 3) == env.batch(4, 3) and env.batch(4, 3) != env.batch(5, 3)
 
 
+def test_a_multi_turn_groups_env_answers_each_round_until_its_episodes_are_over(tmp_path, tiny_model_path):
+    """The round loop's view of a multi-turn group (a plain GroupActor, no Ray): observe records the
+    replies and says the group's env answers; answer gives the next turn's request for the episodes that
+    go on, and None once all are over; the episode rewards add up turn by turn."""
+    from pathlib import Path
+
+    from engine.config.builders import group_plans
+    from engine.config.schema import RunConfig
+    from engine.rollout.types import RolloutResult
+    from groups.actor import GroupActor
+
+    cfg = RunConfig.model_validate(
+        {
+            "groups": [
+                {
+                    "name": "g",
+                    "env": {"type": "guess", "high": 8, "max_turns": 2},
+                    "grpo": {"prompts_per_step": 1, "group_size": 2},
+                }
+            ]
+        }
+    )
+    actor = GroupActor(group_plans(cfg, Path(tmp_path))[0], tiny_model_path)
+    tok = actor.tokenizer
+    request = actor.begin(1)
+    secret = actor._episodes.rows[0]["answer"]
+
+    def reply(texts: list[str], prompts) -> RolloutResult:
+        ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+        return RolloutResult("g", 0, prompts, ids, [[-1.0] * len(i) for i in ids], ["stop"] * len(ids))
+
+    wrong = "1" if secret != "1" else "2"
+    observed = actor.observe(reply([f"<answer>{secret}</answer>", f"<answer>{wrong}</answer>"], request.prompt_ids))
+    assert observed.answers and observed.replies[0] == f"<answer>{secret}</answer>"
+    second = actor.answer()  # episode 0 found it; episode 1 is told higher/lower and goes on
+    assert second is not None and second.n == 1 and len(second.prompt_ids) == 1
+    assert actor.observe(reply([f"<answer>{secret}</answer>"], second.prompt_ids)).answers
+    assert actor.answer() is None  # every episode is over
+    assert actor._env_rewards == [1.0, pytest.approx(0.75)]  # found on turn 1, and on turn 2 (decay 0.25)
+
+
 @pytest.mark.parametrize(
     "groups, message",
     [

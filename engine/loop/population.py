@@ -322,31 +322,32 @@ class Population:
             refs.update({g: start(g, rows) for g in self.games[name].agents.values()})
         started, failed = self._timed("begin", self._gather, refs)
         pending = {g: r for g, r in started.items() if r is not None}
-        # rounds of turns: one generate call each; the env (or the game) answers the model in observe
+        answering: list[str] = []  # groups whose own (multi-turn) env answers their last replies
+        # rounds of turns: one generate call each, until every episode is over
         while True:
-            refs = {}
+            # the env answers the model: each game its agents (here), each multi-turn env its group
+            refs = {g: self.actors[g].answer.remote() for g in answering}
             for name in sorted(games):
                 if any(g in failed for g in self.games[name].agents.values()):
                     continue  # an agent died: this game's step is redone on recovery
                 for g, observations in self.games[name].observations().items():
                     refs[g] = self.actors[g].turn.remote(observations)
-            asked, errors = self._gather(refs)
-            pending.update(asked)
+            asked, errors = self._timed("observe", self._gather, refs)
+            pending.update({g: r for g, r in asked.items() if r is not None})
             failed.update(errors)
             if not pending:
                 break
+            # the model: one generate call for every pending request of every group
             names = list(pending)
             results = self._timed("generate", self._generate, step, [pending[g] for g in names])
             observed, errors = self._timed(
                 "observe", self._gather, {g: self.actors[g].observe.remote(r) for g, r in zip(names, results)}
             )
             failed.update(errors)
-            pending = {}
+            pending, answering = {}, [g for g, o in observed.items() if o.answers]
             for g, o in observed.items():
                 if g in self.game_of:
                     self.games[self.game_of[g]].record(g, o.replies)
-                elif o.request is not None:
-                    pending[g] = o.request
         return solo, games, failed
 
     def _game_outcomes(self, games: set[str], learners: set[str], failed: dict) -> dict[str, tuple]:
