@@ -33,7 +33,7 @@ from engine.trainer.slots import (
     SlotHParams,
     copy_slot,
     get_state,
-    load_slot,
+    load_state_dict,
     save_slot,
     set_hparams,
     set_state,
@@ -406,12 +406,14 @@ def test_saved_slot_loads_in_peft_and_in_the_rollout_service(base, batches, tmp_
     multi.add_adapter("g1", peft_lora_config(**spec.lora))
     result = set_peft_model_state_dict(multi, state_dict(slot), adapter_name="g1")
     assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k and ".g1." in k]
-    # back into a fresh slot, from the directory and from a state dict
+    # back into a fresh slot from the written file (as a checkpoint is restored), and a foreign one refused
+    from safetensors.torch import load_file
+
     other = fused_model(base, [replace(spec, seed=99)])
-    load_slot(other.slots[spec.name], tmp_path / "g1")
+    load_state_dict(other.slots[spec.name], load_file(str(tmp_path / "g1" / "adapter_model.safetensors")))
     assert all(torch.equal(v, state_dict(slot)[k]) for k, v in state_dict(other.slots[spec.name]).items())
-    with pytest.raises(ValueError):
-        load_slot(other.slots[spec.name], {"base_model.model.nope.lora_A.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="does not fit slot"):
+        load_state_dict(other.slots[spec.name], {"base_model.model.nope.lora_A.weight": torch.zeros(1)})
 
 
 def test_copy_slot_checkpoint_and_per_slot_lr(base, batches):

@@ -39,7 +39,7 @@ def test_the_trainer_holds_one_base_whatever_the_number_of_groups(tmp_path, tiny
     adapter = [sum(p.numel() for p in s.params) for s in five.model.slots.values()]
     assert adapter[:4] == [adapter[0]] * 4 and adapter[4] < adapter[0]  # r 4 on q/v only: a smaller slot
     # slots start as the base (B = 0), each from its own seed, and publish in PEFT's keys
-    states = {g: five.adapter_state(g) for g in five.model.slots}
+    states = five.adapter_states(list(five.model.slots))
     assert all(k.startswith("base_model.model.") and ".lora_" in k for k in states["g-0"])
     assert all(torch.equal(v, torch.zeros_like(v)) for k, v in states["g-1"].items() if "lora_B" in k)
     a0 = next(v for k, v in states["g-0"].items() if "lora_A" in k)
@@ -78,7 +78,7 @@ def test_an_adapter_the_trainer_writes_for_vllm_loads_in_peft_as_the_slot(tmp_pa
         second = svc.write_adapter(group, str(tmp_path / "shm"), "bfloat16")
         assert first != second and first.parent == second.parent == tmp_path / "shm" / group
         assert not list(first.parent.glob("*.tmp"))
-        expected = svc.adapter_state(group)
+        expected = svc.adapter_states([group])[group]
         with safe_open(str(second / "adapter_model.safetensors"), "pt") as f:
             assert sorted(f.keys()) == sorted(expected)
             assert all(torch.equal(f.get_tensor(k), v.to(torch.bfloat16)) for k, v in expected.items())

@@ -161,11 +161,6 @@ class TrainerService:
 
         return state_dicts([self.model.slots[g] for g in groups], dtype)
 
-    def adapter_state(self, group: str) -> dict:
-        from engine.trainer.slots import state_dict
-
-        return state_dict(self.model.slots[group])
-
     # --- rebalancing --------------------------------------------------------------------------------
 
     def copy_slot(self, src: str, dst: str) -> int:

@@ -275,23 +275,6 @@ def save_slot(slot: Slot, path: str | Path, base_model_name_or_path: str | None 
     return out
 
 
-def load_slot(slot: Slot, source: str | Path | Mapping[str, torch.Tensor]) -> None:
-    """Load a PEFT adapter directory (as ``save_slot`` or ``PeftModel.save_pretrained`` write it) or a
-    PEFT-format state dict into the slot's weights (not its optimizer)."""
-    if isinstance(source, Mapping):
-        return load_state_dict(slot, source)
-    from safetensors.torch import load_file
-
-    src = Path(source)
-    cfg = json.loads((src / ADAPTER_CONFIG).read_text())
-    if cfg.get("r") != slot.spec.r or float(cfg.get("lora_alpha")) != float(slot.spec.alpha):
-        raise ValueError(
-            f"{src}: r={cfg.get('r')}, lora_alpha={cfg.get('lora_alpha')} do not match slot "
-            f"{slot.name!r} (r={slot.spec.r}, alpha={slot.spec.alpha})"
-        )
-    load_state_dict(slot, load_file(str(src / ADAPTER_WEIGHTS)))
-
-
 # --- copies and checkpoints ----------------------------------------------------------------------
 
 
