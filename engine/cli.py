@@ -8,6 +8,8 @@
     lorapop leaderboard runs                     # every run under a directory, compared
     lorapop plot runs/<run>                      # runs/<run>/plot.png
     lorapop build-tiny [--out DIR] [key=value ...]   # rebuild builtin:tiny's shipped weights (or a variant)
+    lorapop export runs/<run> --group NAME [--merged] [--out DIR]   # a group's PEFT adapter, or a merged model
+    lorapop chat runs/<run> --group NAME [--prompt TEXT ...]        # a group's replies (CPU; stdin without --prompt)
 
 Bad input (config, dataset, reward function, argument) prints one clear message naming the field,
 file or line and exits with status 2 before anything is written.
@@ -229,6 +231,58 @@ def build_tiny(
         f"wrote {target} (settings key {manifest['settings_key']}, cpu {manifest['cpu_capability']}, "
         f"{manifest['build_seconds']:.0f}s, sha256 {manifest['model_sha256'][:12]})"
     )
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    group: str = typer.Option(..., "--group", "-g", help="The group whose adapter to export."),
+    merged: bool = typer.Option(
+        False, "--merged", help="Write the base with the adapter merged in, as a plain Hugging Face model."
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Target directory, which must not exist (default RUN_DIR/export/GROUP[-merged])."
+    ),
+) -> None:
+    """Export a group's adapter in PEFT format (base_model_name_or_path set to the base on this machine),
+    or with --merged the base with the adapter merged in; the tokenizer and chat template go with it."""
+    from engine.config.loading import ConfigError
+    from engine.models.export import default_export_dir, export_group
+
+    target = out_dir or default_export_dir(run_dir, group, merged)
+    try:
+        path = export_group(run_dir, group, target, merged)
+    except ConfigError as e:
+        _fail(str(e))
+    kind = "merged model (AutoModelForCausalLM)" if merged else "PEFT adapter (PeftModel.from_pretrained)"
+    out.print(f"wrote {path}: group {group}, {kind}")
+
+
+@app.command()
+def chat(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    group: str = typer.Option(..., "--group", "-g", help="The group to talk to."),
+    prompt: list[str] | None = typer.Option(
+        None, "--prompt", "-p", help="A prompt (repeatable); none: one per stdin line."
+    ),
+    system: str | None = typer.Option(None, "--system", help="System prompt (default: the group's env's)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy."),
+) -> None:
+    """Answer prompts with a group's adapter on its base (transformers on the CPU, no vLLM), each
+    prompt sent as the group's env sent its own: with the env's system prompt, through the chat template."""
+    from engine.config.loading import ConfigError
+    from engine.models.chat import chat as replies
+
+    prompts = prompt if prompt else (line.rstrip("\n") for line in sys.stdin if line.strip())
+    try:
+        for text in replies(run_dir, group, prompts, system, max_new_tokens, temperature):
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+    except ConfigError as e:
+        _fail(str(e))
+    except NotImplementedError as e:
+        _fail(f"--group auto: {e}")
 
 
 class _Null:
