@@ -9,7 +9,7 @@
     lorapop plot runs/<run>                      # runs/<run>/plot.png
     lorapop build-tiny [--out DIR] [key=value ...]   # rebuild builtin:tiny's shipped weights (or a variant)
     lorapop export runs/<run> --group NAME [--merged] [--out DIR]   # a group's PEFT adapter, or a merged model
-    lorapop chat runs/<run> --group NAME [--prompt TEXT ...]        # a group's replies (CPU; stdin without --prompt)
+    lorapop chat runs/<run> --group NAME|auto [--prompt TEXT ...]   # replies (CPU; stdin without --prompt)
 
 Bad input (config, dataset, reward function, argument) prints one clear message naming the field,
 file or line and exits with status 2 before anything is written.
@@ -261,7 +261,9 @@ def export(
 @app.command()
 def chat(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    group: str = typer.Option(..., "--group", "-g", help="The group to talk to."),
+    group: str = typer.Option(
+        ..., "--group", "-g", help="The group to talk to; auto: the group whose domain fits each prompt."
+    ),
     prompt: list[str] | None = typer.Option(
         None, "--prompt", "-p", help="A prompt (repeatable); none: one per stdin line."
     ),
@@ -276,13 +278,11 @@ def chat(
 
     prompts = prompt if prompt else (line.rstrip("\n") for line in sys.stdin if line.strip())
     try:
-        for text in replies(run_dir, group, prompts, system, max_new_tokens, temperature):
-            sys.stdout.write(text + "\n")
+        for routed, text in replies(run_dir, group, prompts, system, max_new_tokens, temperature):
+            sys.stdout.write(f"[{routed}] {text}\n" if group == "auto" else text + "\n")
             sys.stdout.flush()
     except ConfigError as e:
         _fail(str(e))
-    except NotImplementedError as e:
-        _fail(f"--group auto: {e}")
 
 
 class _Null:

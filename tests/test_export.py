@@ -138,7 +138,12 @@ def test_chat_answers_each_prompt_as_the_groups_env_asks_it(run_dir):
     assert piped.returncode == 0 and piped.stdout.splitlines() == expected, piped.stderr
 
 
-@pytest.mark.parametrize("group, needle", [("auto", "issue #16"), ("nope", "no group 'nope'")])
-def test_chat_with_a_group_it_cannot_answer_for_exits_2(run_dir, group, needle):
-    proc = run_cli("chat", str(run_dir), "--group", group, "-p", "hi")
-    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+def test_chat_with_a_group_the_run_has_not_exits_2(run_dir):
+    proc = run_cli("chat", str(run_dir), "--group", "nope", "-p", "hi")
+    assert proc.returncode == 2 and "no adapter of group 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_chat_auto_names_the_group_that_answered(run_dir):
+    proc = run_cli("chat", str(run_dir), "--group", "auto", "-p", "What is 2 + 5?", "--max-new-tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("[sums] ") and len(proc.stdout.splitlines()) == 1

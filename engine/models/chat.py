@@ -1,4 +1,5 @@
-"""Talk to a trained group on the CPU (transformers, no vLLM): ``lorapop chat runs/<run> --group NAME``.
+"""Talk to a trained group on the CPU (transformers, no vLLM): ``lorapop chat runs/<run> --group NAME``,
+or ``--group auto`` to let a router pick the group whose domain fits each prompt.
 
 Each prompt is sent as the group's env sent its training prompts: a chat with the env's system prompt
 (unless one is given), through the base's chat template, to the group's adapter on its base.
@@ -39,23 +40,31 @@ def chat(
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     seed: int = 0,
-) -> Iterator[str]:
-    """Group ``group``'s reply to each of ``prompts`` (greedy at temperature 0), as they come."""
+) -> Iterator[tuple[str, str]]:
+    """``(group, reply)`` for each of ``prompts`` (greedy at temperature 0), as they come. With
+    ``group="auto"`` each prompt goes to the group whose domain fits it (engine/models/router.py)."""
     import torch
 
     from engine.config.loading import ConfigError
     from engine.models.adapters import load_group_model
 
-    if group == "auto":
-        raise NotImplementedError("--group auto (a router that picks the group whose domain fits) is issue #16")
-    if system is None:
-        system = group_system_prompt(run_dir, group)
     if not (Path(run_dir) / "run.json").is_file():
         raise ConfigError(f"{run_dir}: not a lorapop run directory (no run.json)")
-    model, tok = load_group_model(run_dir, group)
-    model.eval()
+    router = None
+    if group == "auto":
+        from engine.models.router import run_router
+
+        router = run_router(run_dir)
+    loaded: dict[str, tuple] = {}  # group -> (model, tokenizer, system prompt)
     for prompt in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        g = router.route(prompt) if router is not None else group
+        if g not in loaded:
+            model, tok = load_group_model(run_dir, g)
+            loaded[g] = (model.eval(), tok, system if system is not None else group_system_prompt(run_dir, g))
+        model, tok, sys_prompt = loaded[g]
+        messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt else []) + [
+            {"role": "user", "content": prompt}
+        ]
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         torch.manual_seed(seed)
@@ -71,4 +80,4 @@ def chat(
                 eos_token_id=tok.eos_token_id,
                 **sampling,
             )
-        yield tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        yield g, tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
