@@ -331,16 +331,7 @@ class LegalEnv(GeneratedTaskEnv):
     domain = "legal"
     DIFFICULTIES, LANGUAGES, HOLDOUT = DIFFICULTIES, LANGUAGES, HOLDOUT
 
-    def default_prompt(self) -> str:
-        """``default_system_prompt`` built from this env's tags, in its language."""
-        return default_system_prompt(
-            self.reasoning_start,
-            self.reasoning_end,
-            self.solution_start,
-            self.solution_end,
-            self.language,
-            self.difficulty,
-        )
+    prompt_template = staticmethod(default_system_prompt)
 
     def draw(self, rng: random.Random) -> Draw:
         """Draw ``(task, question, params, answer, reasoning)`` from ``rng``."""

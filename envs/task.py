@@ -143,6 +143,24 @@ class GeneratedTaskEnv(TaskEnv):
         self.language = language
         super().__init__(seed, difficulty, system_prompt, reasoning_start, reasoning_end, solution_start, solution_end)
 
+    @staticmethod
+    @abstractmethod
+    def prompt_template(
+        reasoning_start: str, reasoning_end: str, solution_start: str, solution_end: str, language: str, difficulty: int
+    ) -> str:
+        """The domain's default instruction (its module's ``default_system_prompt``)."""
+
+    def default_prompt(self) -> str:
+        """The domain's default instruction built from this env's tags, in its language, at its difficulty."""
+        return self.prompt_template(
+            self.reasoning_start,
+            self.reasoning_end,
+            self.solution_start,
+            self.solution_end,
+            self.language,
+            self.difficulty,
+        )
+
     @abstractmethod
     def draw(self, rng: random.Random) -> Draw:
         """Draw ``(task, question, params, answer, reasoning)`` at this env's difficulty and language."""

@@ -35,6 +35,7 @@ from rewards.text import completion_text
 if TYPE_CHECKING:
     from engine.trainer.fused import GroupResult, Packed
     from engine.trainer.service import TrainJob
+    from rewards.scoring import RewardResult
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -282,7 +283,7 @@ class GroupActor:
         from engine.trainer.grpo import masked_mean
 
         scored, correct, rewards, advantages, mask, sampler_logp = self._scored
-        hp, G, eps = self.hp, self._episodes.n, self._episodes
+        hp, eps = self.hp, self._episodes
         served = min(t.adapter_version for t in eps.transcripts)
         lengths = [int(sum(t.mask)) for t in eps.transcripts]
         turns = [t.turns for t in eps.transcripts]
@@ -322,20 +323,10 @@ class GroupActor:
         }
         samples = [
             {
-                "step": step,
-                "group": self.name,
-                "prompt_index": i // G,
-                "sample_index": i % G,
-                **self._sample_text(t),
-                "answer": str(eps.rows[t.row].get("answer")),
-                "reward": scored.masked_total[i],  # NaN (null) where no reward function scored the sample
-                **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
-                "correct": correct[i],
+                **self._episode_row(step, i, t, scored, correct),
                 "advantage": float(advantages[i]),
                 "finish_reason": t.finish_reason,
                 "completion_tokens": lengths[i],
-                "turns": t.turns,
-                "adapter_version": t.adapter_version,
                 "reward_log": json.dumps(
                     {k: v[i] if i < len(v) else None for k, v in self._logged[1].items()}, default=str
                 ),
@@ -343,6 +334,23 @@ class GroupActor:
             for i, t in enumerate(eps.transcripts)
         ]
         return StepOutput(metrics, samples, scored.failures, result.reason if result.skipped else None)
+
+    def _episode_row(self, step: int, i: int, t, scored: RewardResult, correct: list[float]) -> dict[str, Any]:
+        """What a ``samples/`` and an ``evals/`` row of episode ``i`` (transcript ``t``) share."""
+        n = self._episodes.n
+        return {
+            "step": step,
+            "group": self.name,
+            "prompt_index": i // n,
+            "sample_index": i % n,
+            **self._sample_text(t),
+            "answer": str(self._episodes.rows[t.row].get("answer")),
+            "reward": scored.masked_total[i],  # NaN (null) where no reward function scored the sample
+            **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
+            "correct": correct[i],
+            "turns": t.turns,
+            "adapter_version": t.adapter_version,
+        }
 
     def _sample_text(self, t) -> dict:
         """Prompt and completion as text; a multi-turn completion keeps its turn markers."""
@@ -374,23 +382,13 @@ class GroupActor:
 
     def evaluate(self, step: int, env_rewards: list[float] | None = None, success: list | None = None) -> list[dict]:
         """One row per held-out episode: reward per function, correctness, format, token ids and log-probs."""
-        eps, n = self._episodes, self._episodes.n
+        eps = self._episodes
         scored, correct = self._score(step, env_rewards, success)
         formatted = self.is_formatted(None, [completion_text(c) for c in eps.completions()])
         return [
             {
-                "step": step,
-                "group": self.name,
-                "prompt_index": i // n,
-                "sample_index": i % n,
-                **self._sample_text(t),
-                "answer": str(eps.rows[t.row].get("answer")),
-                "reward": scored.masked_total[i],  # NaN (null) where no reward function scored the sample
-                **{f"reward/{k}": v[i] for k, v in scored.per_function.items()},
-                "correct": correct[i],
+                **self._episode_row(step, i, t, scored, correct),
                 "format_ok": formatted[i],
-                "turns": t.turns,
-                "adapter_version": t.adapter_version,
                 "prompt_ids": t.prompt_ids,
                 "completion_ids": t.ids,
                 "logprobs": t.logprobs,

@@ -39,16 +39,36 @@ def run_base_model(run_dir: str | Path) -> str:
         raise ConfigError(f"{run_dir}: base model {name!r}: {e}") from None
 
 
-def load_group_model(run_dir: str | Path, group: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """``(PeftModel, tokenizer)``: group ``group``'s adapter of the run on its base model."""
-    from peft import PeftModel
-
+def group_adapter_dir(run_dir: str | Path, group: str) -> Path:
+    """The directory of group ``group``'s PEFT adapter in the run (``ConfigError`` naming the groups that
+    have one when it has none)."""
     from engine.config.loading import ConfigError
-    from engine.models.base import load_base, load_tokenizer
 
     adapter = Path(run_dir) / "adapters" / group
     if not (adapter / "adapter_config.json").is_file():
         groups = sorted(p.name for p in (Path(run_dir) / "adapters").glob("*") if p.is_dir())
         raise ConfigError(f"{run_dir}: no adapter of group {group!r} (groups with adapters: {groups})")
+    return adapter
+
+
+def run_plans(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``GroupPlan``s by group name, from its ``config.yaml`` (as the run built them)."""
+    from engine.config.builders import group_plans
+    from engine.config.loading import ConfigError, load_config
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{run_dir}: not a lorapop run directory (no config.yaml)")
+    cfg, config_dir = load_config(config)
+    return {p.name: p for p in group_plans(cfg, config_dir)}
+
+
+def load_group_model(run_dir: str | Path, group: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """``(PeftModel, tokenizer)``: group ``group``'s adapter of the run on its base model."""
+    from peft import PeftModel
+
+    from engine.models.base import load_base, load_tokenizer
+
+    adapter = group_adapter_dir(run_dir, group)
     base = run_base_model(run_dir)
     return PeftModel.from_pretrained(load_base(base, dtype, device), str(adapter)), load_tokenizer(base)

@@ -13,15 +13,12 @@ from pathlib import Path
 
 def group_system_prompt(run_dir: str | Path, group: str) -> str | None:
     """The system prompt group ``group``'s env puts before its questions (None: it has none)."""
-    from engine.config.builders import build_env, group_plans
-    from engine.config.loading import ConfigError, load_config
+    from engine.config.builders import build_env
+    from engine.config.loading import ConfigError
     from engine.config.schema import DatasetEnvConfig, GameEnvConfig
+    from engine.models.adapters import run_plans
 
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"{run_dir}: not a lorapop run directory (no config.yaml)")
-    cfg, config_dir = load_config(config)
-    plans = {p.name: p for p in group_plans(cfg, config_dir)}
+    plans = run_plans(run_dir)
     if group not in plans:
         raise ConfigError(f"{run_dir}: no group {group!r} (groups: {sorted(plans)})")
     plan = plans[group]

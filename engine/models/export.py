@@ -30,25 +30,31 @@ def export_group(run_dir: str | Path, group: str, out: str | Path, merged: bool 
     run has no adapter of that group or ``out`` already exists.
     """
     from engine.config.loading import ConfigError
-    from engine.models.adapters import load_group_model, run_base_model
+    from engine.models.adapters import group_adapter_dir, load_group_model, run_base_model
+    from engine.models.base import load_tokenizer
 
     if not (Path(run_dir) / "run.json").is_file():
         raise ConfigError(f"{run_dir}: not a lorapop run directory (no run.json)")
     out = Path(out).resolve()
     if out.exists():
         raise ConfigError(f"--out {out}: already exists (choose another directory or remove it)")
-    model, tokenizer = load_group_model(run_dir, group)  # (names the run's groups if this one has no adapter)
+    adapter = group_adapter_dir(run_dir, group)  # (names the run's groups if this one has no adapter)
+    if merged:
+        model, tokenizer = load_group_model(run_dir, group)
+    else:  # the adapter's files as they are: no model to load
+        base = run_base_model(run_dir)
+        tokenizer = load_tokenizer(base)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         if merged:
             model.merge_and_unload().save_pretrained(tmp)
         else:
-            for f in (Path(run_dir) / "adapters" / group).iterdir():
+            for f in adapter.iterdir():
                 if f.is_file():
                     shutil.copy2(f, tmp / f.name)
             config = json.loads((tmp / "adapter_config.json").read_text())
-            config["base_model_name_or_path"] = run_base_model(run_dir)  # where the base is on this machine
+            config["base_model_name_or_path"] = base  # where the base is on this machine
             (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(tmp)
         os.chmod(tmp, 0o755)  # (mkdtemp makes it private)

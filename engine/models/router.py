@@ -66,16 +66,13 @@ class Router:
 def run_router(run_dir: str | Path, prompts_per_group: int = 64) -> Router:
     """A router over a run's groups (game agents excepted), fit on ``prompts_per_group`` of each group's
     training prompts (its env's first steps, as training drew them)."""
-    from engine.config.builders import build_env, group_plans
-    from engine.config.loading import ConfigError, load_config
+    from engine.config.builders import build_env
+    from engine.config.loading import ConfigError
     from engine.config.schema import GameEnvConfig
+    from engine.models.adapters import run_plans
 
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"{run_dir}: not a lorapop run directory (no config.yaml)")
-    cfg, config_dir = load_config(config)
     examples: dict[str, list[str]] = {}
-    for plan in group_plans(cfg, config_dir):
+    for plan in run_plans(run_dir).values():
         if isinstance(plan.env, GameEnvConfig):
             continue
         env = build_env(plan.env, plan.seed, plan.tags, plan.eval_seed)
