@@ -10,6 +10,7 @@
     lorapop build-tiny [--out DIR] [key=value ...]   # rebuild builtin:tiny's shipped weights (or a variant)
     lorapop export runs/<run> --group NAME [--merged] [--out DIR]   # a group's PEFT adapter, or a merged model
     lorapop chat runs/<run> --group NAME|auto [--prompt TEXT ...]   # replies (CPU; stdin without --prompt)
+    lorapop serve runs/<run> [--port 8000] [--print-command] [-- VLLM_ARGS]   # vLLM OpenAI server (GPU)
 
 Bad input (config, dataset, reward function, argument) prints one clear message naming the field,
 file or line and exits with status 2 before anything is written.
@@ -49,6 +50,11 @@ def run(
     address: str | None = typer.Option(
         None, "--address", help="Ray cluster address ('auto', 'ray://head:10001'); default: embedded local Ray."
     ),
+    storage_path: str | None = typer.Option(
+        None,
+        "--storage-path",
+        help="Parent of the run directory (the config's storage_path / output_dir); on a cluster, a path every node reaches.",
+    ),
     resume: Path | None = typer.Option(None, "--resume", help="Continue this run directory after its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress view."),
 ) -> None:
@@ -60,7 +66,7 @@ def run(
     from engine.loop.progress import LiveProgress
 
     if resume is not None:
-        if config or overrides or run_dir:
+        if config or overrides or run_dir or storage_path:
             _fail("--resume takes the run directory only: its config.yaml is the config")
         if not (resume / "config.yaml").is_file():
             _fail(f"{resume}: not a lorapop run directory (no config.yaml)")
@@ -86,6 +92,8 @@ def run(
         config = None
     if address:
         overrides.append(f"ray.address={address}")
+    if storage_path:
+        overrides.append(f"output_dir={storage_path}")
     try:
         cfg, config_dir = load_config(config, overrides)
     except ConfigError as e:
@@ -291,6 +299,40 @@ class _Null:
 
     def __exit__(self, *exc):
         return False
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    vllm_args: list[str] | None = typer.Argument(
+        None, help="After --: more `vllm serve` arguments, e.g. -- --gpu-memory-utilization 0.5.", show_default=False
+    ),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address the server listens on."),
+    port: int = typer.Option(8000, "--port", help="Port the server listens on."),
+    print_command: bool = typer.Option(
+        False, "--print-command", help="Print the vLLM command line (with its environment) and exit; no GPU needed."
+    ),
+) -> None:
+    """Serve every group's adapter with vLLM's OpenAI-compatible server (needs vLLM and a GPU): a request's
+    model is a group's name, the base's, or auto (the group whose domain fits the prompt)."""
+    import os
+    import shlex
+
+    from engine.config.loading import ConfigError
+    from engine.models.serve import serve_command, serve_requirements
+
+    try:
+        argv, env = serve_command(run_dir, host, port, vllm_args or [])
+    except ConfigError as e:
+        _fail(str(e))
+    if print_command:
+        sys.stdout.write(shlex.join([f"{k}={v}" for k, v in env.items()] + argv) + "\n")
+        return
+    problem = serve_requirements(run_dir)
+    if problem:
+        _fail(problem)
+    err.print(f"serving {run_dir}: {shlex.join(argv)}", highlight=False, soft_wrap=True)
+    os.execve(argv[0], argv, {**os.environ, **env})  # vLLM takes over this process (and its signals)
 
 
 def main() -> None:

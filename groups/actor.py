@@ -101,6 +101,12 @@ class GroupActor:
 
     # --- hyper-parameters (rebalancing reads and changes them; each step sends them to the trainer) ---
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def hparams(self) -> dict:
         """The current hyper-parameters (what rebalancing compares and copies)."""
         return self.hp.model_dump()

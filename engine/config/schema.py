@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from rewards.text import REASONING_END, REASONING_START, SOLUTION_END, SOLUTION_START
 
@@ -459,11 +459,26 @@ class RayConfig(_Strict):
         None, description="Existing cluster address ('auto', 'ray://host:10001'); None starts an embedded local Ray."
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (None: all).")
+    devices: Literal["auto"] | int = Field(
+        "auto",
+        description="Devices the groups spread over, each with its own rollout service and trainer service (the base once per device) serving a share of the groups, balanced by tokens per step. With more than one they are placed with a Ray placement group, one bundle per device (a GPU on cuda, a CPU on the cpu), on the nodes of a cluster too. auto: every GPU Ray sees on cuda, 1 on the cpu. Never more than there are groups.",
+    )
+    placement_strategy: Literal["auto", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "auto",
+        description="Ray placement strategy of the devices' bundles: auto = PACK on cuda (a node's GPUs first), SPREAD on the cpu.",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
         description="torch CPU threads of each service that runs the model, the rollout and the trainer (None: every core; they take turns). The driver's ATEN_CPU_CAPABILITY, OMP/MKL settings and LORAPOP_CACHE reach the actors too; each actor's kernels and threads are a 'runtime' row in events/.",
     )
+
+    @field_validator("devices")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be 'auto' or a number of devices >= 1")
+        return v
 
 
 class RunConfig(_Strict):
@@ -473,7 +488,9 @@ class RunConfig(_Strict):
         None, description="Name of the run directory under output_dir; default '<config>-<timestamp>'."
     )
     output_dir: str = Field(
-        "runs", description="Parent of run directories (must be reachable by every node on a cluster)."
+        "runs",
+        validation_alias=AliasChoices("output_dir", "storage_path"),
+        description="Parent of run directories; also spelled storage_path, as in Ray Train. On a cluster, a local or mounted filesystem path every node reaches (adapters, checkpoints and Parquet parts are written by the actors that hold them); absolute inside a Ray job.",
     )
     seed: int = Field(0, description="Run seed; groups without a seed get seed + 1000 * index.")
     steps: int = Field(30, ge=1, description="GRPO steps per group.")

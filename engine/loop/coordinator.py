@@ -205,17 +205,49 @@ def _stop_on_sigterm():
     return None
 
 
+def _devices(cfg: RunConfig, device_type: str, groups: int) -> int:
+    """``ray.devices`` resolved against what the Ray cluster has (``ConfigError`` when it has too few)."""
+    from engine.loop.devices import resolve_devices
+
+    try:
+        n = resolve_devices(cfg.ray.devices, device_type, groups)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    share = cfg.rollout.num_gpus + cfg.training.num_gpus
+    if n > 1 and device_type == "cuda" and cfg.backend != "hf" and share > 1:
+        raise ConfigError(
+            f"rollout.num_gpus + training.num_gpus = {share:g}: a device's two services share its one GPU "
+            f"(at most 1 together)"
+        )
+    return n
+
+
+def _job_env_vars() -> dict:
+    """The env_vars of the runtime environment of the Ray job this driver runs in ({} outside a job)."""
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        return dict(job.get("runtime_env", {}).get("env_vars", {}) or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Start (or connect to) Ray; returns True when this call started it."""
+    """Start (or connect to) Ray; returns True when this call started it. Without ``address``, a Ray job's
+    driver (``ray job submit``, which sets ``RAY_ADDRESS``) joins the job's cluster."""
     import ray
 
     if ray.is_initialized():
         return False
     env = {**WORKER_ENV, **{k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}}  # fault injection (tests) too
-    kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}}
+    for k in _job_env_vars():  # a Ray job's own env_vars win (Ray refuses to merge a variable set twice)
+        env.pop(k, None)
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}}
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)
     else:
+        kwargs["include_dashboard"] = False
+        kwargs["address"] = "local"  # a new local instance, never a `ray start` cluster that happens to run here
         # the embedded cluster is lorapop's own: Ray's notice that it turned token auth on is not the user's business
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(num_cpus=num_cpus, **kwargs)
@@ -275,6 +307,11 @@ def run(
     if run_dir.exists():
         raise ConfigError(
             f"{run_dir}: run directory already exists; choose another --run-dir or run_name, or --resume it"
+        )
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and not run_dir.is_absolute():
+        raise ConfigError(
+            f"{run_dir}: inside a Ray job the working directory is a temporary copy; give storage_path (or "
+            f"--run-dir) an absolute path every node of the cluster reaches"
         )
     blocking = next((p for p in run_dir.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
@@ -351,6 +388,8 @@ def _train(
     started = _init_ray(cfg.ray.address, cfg.ray.num_cpus)
     previous_sigterm = _stop_on_sigterm()
     try:
+        training = resolve_training(cfg.training.model_dump())
+        devices = _devices(cfg, training["device"], len(plans))
         population = Population(
             plans,
             model_path,
@@ -359,8 +398,10 @@ def _train(
             log,
             resolve_backend(cfg.backend),
             cfg.rollout.model_dump(),
-            resolve_training(cfg.training.model_dump()),
+            training,
             cfg.ray.torch_threads,
+            devices,
+            cfg.ray.placement_strategy,
         )
         population.failed = list(state.get("failed", []))
         population.restarts.update(state.get("restarts", {}))

@@ -1,12 +1,14 @@
 """The population on Ray: the rollout service, the trainer service, one actor per group, and what keeps
 them going.
 
-``Population`` owns the actors (Ray's supervisor pattern). The base is held once per service: the
-rollout service generates for every group in one batch, the trainer service (one slot per group)
-updates every group in one fused step and publishes every updated adapter in one call; group actors
-hold no model. It restarts a group actor that died or raised from the last checkpoint (``restart``
-event), and the trainer with all its slots likewise; a group that keeps failing is marked failed
-(``failed`` event) while the others go on; it evaluates, checkpoints and applies rebalancing decisions.
+``Population`` owns the actors (Ray's supervisor pattern). The base is held once per service and
+device (``engine.loop.devices``): each device's rollout service generates for its groups in one batch,
+its trainer service (one slot per group) updates them in one fused step and publishes their adapters
+in one call; group actors hold no model. It restarts a group actor that died or raised from the last
+checkpoint (``restart`` event), and a device's trainer with all its slots likewise; the groups of a
+device whose node was lost move to a device that is left (``lost`` and ``restart`` events); a group
+that keeps failing is marked failed (``failed`` event) while the others go on; it evaluates,
+checkpoints and applies rebalancing decisions.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from engine.config.builders import GroupPlan, build_games
 from engine.config.faults import fault_point
+from engine.loop.devices import Device, assign, in_bundle, node_alive, placement_group
 from engine.results.checkpoint import checkpoint_dir
 from engine.results.tables import event_row
 from groups.actor import StepOutput
@@ -28,10 +32,6 @@ ROWS_USED = "rows_used"
 
 class _ReplayError(RuntimeError):
     """A group (or a game partner) failed again while its steps were being redone."""
-
-
-class _TrainerDied(RuntimeError):
-    """The trainer service died (its process, not one group's update): restart it from the checkpoint."""
 
 
 def _error_text(e: BaseException) -> str:
@@ -66,12 +66,15 @@ class Population:
         rollout: dict | None = None,
         training: dict | None = None,
         torch_threads: int | None = None,
+        devices: int = 1,
+        placement_strategy: str = "auto",
     ):
         """``rollout``: the vllm engine's settings (``RolloutConfig``); ``training``: the trainer's
         ``{"device", "dtype", "num_gpus", "share_prompts", "micro_batch_tokens", "gradient_checkpointing"}``
         with auto resolved;
         ``torch_threads``: CPU threads of each service that runs the model (None: every core; the
-        rollout and the trainer take turns)."""
+        rollout and the trainer take turns); ``devices``: how many devices the groups spread over, each
+        with its own rollout and trainer service (``engine.loop.devices``)."""
         self.plans = {p.name: p for p in plans}
         self.model_path, self.run_dir, self.max_restarts, self.log = model_path, Path(run_dir), max_restarts, log
         self.training = training or {
@@ -84,20 +87,33 @@ class Population:
         }
         self.threads = torch_threads
         self.restarts = {p.name: 0 for p in plans}
-        self.trainer_restarts = 0
         self.failed: list[str] = []
         self.checkpoint_step: int | None = None  # the last checkpoint whose files are complete
         self.pending_checkpoint: int | None = None  # the one being written
+        self.pending_groups: dict[int, list[str]] = {}  # its groups, by device
         self.phases: dict[str, float] = {}  # seconds of each phase of the latest step (``time/<phase>_s``)
-        self.rollout_events: list[dict] = []  # restarts of the rollout service, reported with the step's events
-        self.backend, self.rollout_settings, self.rollout_restarts = backend, dict(rollout or {}), 0
-        self.rollout = self._spawn_rollout()
-        self.trainer = self._spawn_trainer()  # starts while the rollout engine starts
+        self.service_events: list[dict] = []  # restarts of rollout services, reported with the step's events
+        self.lost: dict[int, str] = {}  # devices whose services died during the step being played: their error
+        self.backend, self.rollout_settings = backend, dict(rollout or {})
+        loads = {p.name: p.grpo.prompts_per_step * p.grpo.group_size * p.grpo.max_completion_length for p in plans}
+        shares = assign(loads, devices)
+        self.pg = placement_group(devices, self.training["device"], placement_strategy) if devices > 1 else None
+        self.devices = [Device(k, groups, k if self.pg else None) for k, groups in enumerate(shares)]
+        self.device_of = {g: d for d in self.devices for g in d.groups}
+        for d in self.devices:
+            d.rollout = self._spawn_rollout(d)
+        for d in self.devices:
+            d.trainer = self._spawn_trainer(d)  # starts while the rollout engine starts
         self.games, self.game_prompts = build_games(plans)  # multi-agent games, played from here
         self.game_of = {g: name for name, episodes in self.games.items() for g in episodes.agents.values()}
         self.actors = {p.name: self._spawn(p) for p in plans}
 
+    def _label(self, device: Device, service: str) -> str:
+        """A service's name in events: ``rollout``/``trainer``, with the device's index when there are several."""
+        return service if len(self.devices) == 1 else f"{service}:{device.index}"
+
     def _spawn(self, plan: GroupPlan):
+        """The group's actor, in its device's bundle (on its node)."""
         import ray
 
         from groups.actor import GroupActor
@@ -108,81 +124,113 @@ class Population:
             .options(
                 name=actor_name(self.run_dir, plan.name) + (f"#{k}" if k else ""),
                 namespace="lorapop",
+                **in_bundle(self.pg, self.device_of[plan.name].bundle),
             )
             .remote(plan, self.model_path)
         )
 
-    def _spawn_rollout(self):
-        """The rollout service: every group's adapter on one base (vLLM multi-LoRA, or the hf backend)."""
+    def _service_name(self, device: Device, service: str, restarts: int) -> str:
+        """``lorapop-<service>:<run>`` (``@<device>`` when there are several, ``#<restart>`` after a restart)."""
+        return (
+            f"lorapop-{service}:{self.run_dir.name}"
+            + (f"@{device.index}" if len(self.devices) > 1 else "")
+            + (f"#{restarts}" if restarts else "")
+        )
+
+    def _spawn_rollout(self, device: Device):
+        """The device's rollout service: its groups' adapters on one base (vLLM multi-LoRA, or the hf backend)."""
         import ray
 
-        adapters = {p.name: p.lora.model_dump() for p in self.plans.values()}
-        name = f"lorapop-rollout:{self.run_dir.name}" + (f"#{self.rollout_restarts}" if self.rollout_restarts else "")
+        plans = [self.plans[g] for g in device.groups]
+        adapters = {p.name: p.lora.model_dump() for p in plans}
+        options = {
+            "name": self._service_name(device, "rollout", device.rollout_restarts),
+            "namespace": "lorapop",
+            **in_bundle(self.pg, device.bundle),
+        }
         if self.backend == "vllm":
             from engine.rollout.vllm import VLLMRollout, engine_defaults
 
             opts = dict(self.rollout_settings)
-            batch = sum(p.grpo.prompts_per_step * p.grpo.group_size for p in self.plans.values())  # one step's requests
+            batch = sum(p.grpo.prompts_per_step * p.grpo.group_size for p in plans)  # one step's requests
             opts.update(engine_defaults(batch, opts.pop("engine_kwargs", None)))  # further vllm.LLM arguments
             return (
                 ray.remote(num_cpus=0, num_gpus=opts.pop("num_gpus", 0.4), max_restarts=0)(VLLMRollout)
-                .options(name=name, namespace="lorapop")
+                .options(**options)
                 .remote(self.model_path, adapters, **opts)
             )
         from engine.rollout.hf import HFRollout
 
         return (
             ray.remote(num_cpus=0, max_restarts=0)(HFRollout)
-            .options(name=name, namespace="lorapop")
+            .options(**options)
             .remote(self.model_path, adapters, self.threads)
         )
 
-    def _generate(self, step: int, requests: list) -> list:
-        """One generate call for every group's requests; a rollout service that died is restarted with the
-        groups' current adapters and asked again (``restart`` event), up to ``max_restarts`` times. Its
-        sampling is seeded per request, so the step's completions are the ones it would have given."""
+    def _generate(self, step: int, requests: dict[str, list]) -> tuple[dict[str, list], dict[str, str]]:
+        """One generate call per device for its groups' ``requests`` (all at once); returns (results by
+        group, errors by group). A rollout service that died on a node that lives is restarted with its
+        groups' current adapters and asked again (``restart`` event), up to ``max_restarts`` times: its
+        sampling is seeded per request, so the step's completions are the ones it would have given. One
+        whose node was lost loses its device (``self.lost``): its groups get errors."""
         import ray
 
-        while True:
-            ref = self.rollout.generate.remote(requests)
+        results: dict[str, list] = {}
+        errors: dict[str, str] = {}
+        asked = {d.index: [g for g in d.groups if g in requests] for d in self.devices if not d.lost}
+        while asked:
+            refs = {
+                k: self.devices[k].rollout.generate.remote([requests[g] for g in gs]) for k, gs in asked.items() if gs
+            }
             fault_point("rollout", step)
-            try:
-                return ray.get(ref)
-            except ray.exceptions.RayActorError as e:
-                error = _error_text(e)
-            if self.rollout_restarts >= self.max_restarts:
-                raise RuntimeError(f"the rollout service failed {self.rollout_restarts + 1} times; last: {error}")
-            self.rollout_restarts += 1
-            self.rollout_events.append(
-                event_row(step, "rollout", "restart", f"restart {self.rollout_restarts}: {error}")
-            )
-            self.log(f"restarting the rollout service (attempt {self.rollout_restarts}): {error}")
-            _kill(self.rollout)
-            self.rollout = self._spawn_rollout()
-            ray.get(self.trainer.forget_publish_target.remote())  # the new service has its own adapter directory
-            ray.get(self.trainer.publish.remote(self.rollout, self.live))
+            again = {}
+            for k, ref in refs.items():
+                device = self.devices[k]
+                try:
+                    results.update(zip(asked[k], ray.get(ref)))
+                    continue
+                except ray.exceptions.RayActorError as e:
+                    error = _error_text(e)
+                if not node_alive(device.node) or device.rollout_restarts >= self.max_restarts:
+                    self.lost.setdefault(k, f"rollout service: {error}")
+                    errors.update({g: error for g in asked[k]})
+                    continue
+                self._restart_rollout(device, step, error)
+                again[k] = asked[k]
+            asked = again
+        return results, errors
 
-    def _spawn_trainer(self):
+    def _restart_rollout(self, device: Device, step: int, error: str) -> None:
         import ray
 
-        from engine.trainer.service import SlotSpec, TrainerService
-        from engine.trainer.slots import SlotHParams
+        device.rollout_restarts += 1
+        label = self._label(device, "rollout")
+        self.service_events.append(event_row(step, label, "restart", f"restart {device.rollout_restarts}: {error}"))
+        self.log(f"restarting the {label} service (attempt {device.rollout_restarts}): {error}")
+        _kill(device.rollout)
+        device.rollout = self._spawn_rollout(device)
+        if device.moved_in:
+            ray.get(device.rollout.add_groups.remote({g: self.plans[g].lora.model_dump() for g in device.moved_in}))
+        ray.get(device.trainer.forget_publish_target.remote())  # the new service has its own adapter directory
+        ray.get(device.trainer.publish.remote(device.rollout, self._live_on(device)))
+
+    def _spawn_trainer(self, device: Device):
+        import ray
+
+        from engine.trainer.service import TrainerService
 
         t = self.training
-        specs = {
-            p.name: SlotSpec(p.lora.model_dump(), p.seed, SlotHParams.from_grpo(p.grpo)) for p in self.plans.values()
-        }
         gpus = t["num_gpus"] if t["device"] == "cuda" else 0
-        return (
+        trainer = (
             ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=0)(TrainerService)
             .options(
-                name=f"lorapop-trainer:{self.run_dir.name}"
-                + (f"#{self.trainer_restarts}" if self.trainer_restarts else ""),
+                name=self._service_name(device, "trainer", device.trainer_restarts),
                 namespace="lorapop",
+                **in_bundle(self.pg, device.bundle),
             )
             .remote(
                 self.model_path,
-                specs,
+                self._slot_specs(device.groups),
                 t["device"],
                 t["dtype"],
                 self.threads,
@@ -191,10 +239,32 @@ class Population:
                 t.get("gradient_checkpointing", False),
             )
         )
+        device.node = None  # asked once it is up (start, recovery)
+        return trainer
+
+    def _slot_specs(self, groups: list[str]) -> dict:
+        from engine.trainer.service import SlotSpec
+        from engine.trainer.slots import SlotHParams
+
+        return {
+            g: SlotSpec(p.lora.model_dump(), p.seed, SlotHParams.from_grpo(p.grpo))
+            for g in groups
+            for p in [self.plans[g]]
+        }
 
     @property
     def live(self) -> list[str]:
         return [g for g in self.plans if g not in self.failed]
+
+    def _live_on(self, device: Device) -> list[str]:
+        return [g for g in self.live if self.device_of[g] is device]
+
+    def _by_device(self, groups) -> dict[int, list[str]]:
+        """``groups`` by the index of the device that serves them."""
+        out: dict[int, list[str]] = {}
+        for g in groups:
+            out.setdefault(self.device_of[g].index, []).append(g)
+        return out
 
     def start(self, checkpoint_step: int | None) -> list[dict]:
         """Publish every group's adapter (version 0, or a checkpoint's state); returns start-up events."""
@@ -213,10 +283,18 @@ class Population:
             if r["dropped_prompts"]
         ]
         # how each model-running process computes (CPU kernels and threads differ between hosts)
-        events += [
-            event_row(0, name, "runtime", ray.get(actor.runtime.remote()))
-            for name, actor in (("rollout", self.rollout), ("trainer", self.trainer))
-        ]
+        for d in self.devices:
+            events += [
+                event_row(0, self._label(d, name), "runtime", ray.get(actor.runtime.remote()))
+                for name, actor in (("rollout", d.rollout), ("trainer", d.trainer))
+            ]
+            d.node = ray.get(d.trainer.node_id.remote())
+        if len(self.devices) > 1:  # where each group runs
+            nodes = ray.get([self.actors[g].node_id.remote() for g in self.live])
+            events += [
+                event_row(0, g, "placement", f"device {self.device_of[g].index} on node {node}")
+                for g, node in zip(self.live, nodes)
+            ]
         self.checkpoint_step = checkpoint_step
         self._restore(self.live)
         return events
@@ -225,23 +303,44 @@ class Population:
 
     def step(self, step: int) -> tuple[list[StepOutput], list[dict]]:
         """Every live group's GRPO step; returns (their outputs, events). Each round of turns of all groups
-        (single-turn, multi-turn and game agents alike) is one generate call."""
+        (single-turn, multi-turn and game agents alike) is one generate call per device."""
         events: list[dict] = []
         groups = self.live
-        self.phases = {}
+        self.phases, self.lost = {}, {}
         t0 = time.perf_counter()
-        try:
-            outs, failed = self._play(step, groups, set(groups))
-        except _TrainerDied as e:
-            outs, failed = self._recover_trainer(step, str(e), events), {}
+        outs, failed = self._play(step, groups, set(groups))
         waiting = [g for g in groups if g not in outs and g not in failed]  # partners of a failed game agent
+        # a device whose trainer died or whose node was lost: its groups start again from the checkpoint
+        for k, error in self._down(failed).items():
+            moved = self._live_on(self.devices[k])
+            partners = [p for p in waiting if p not in moved and any(p in self._partners(g) for g in moved)]
+            outs.update(self._recover_device(self.devices[k], step, error, events, partners))
+            failed = {g: e for g, e in failed.items() if g not in moved}
         for g, error in failed.items():
             partners = [p for p in waiting if p in self._partners(g)]
             outs.update(self._recover(g, step, error, events, partners))
-        events += self.rollout_events
-        self.rollout_events = []
+        events += self.service_events
+        self.service_events = []
         self.phases["step"] = time.perf_counter() - t0
         return [outs[g] for g in groups if g in outs], events
+
+    def _down(self, failed: dict[str, str]) -> dict[int, str]:
+        """Devices whose services died during the step (``self.lost``), and devices of failed groups whose
+        node is gone or whose services no longer answer: their error by device index."""
+        import ray
+
+        down = dict(self.lost)
+        for d in self.devices:
+            if d.lost or d.index in down or not any(self.device_of[g] is d for g in failed):
+                continue
+            if not node_alive(d.node):
+                down[d.index] = f"node {d.node} lost"
+                continue
+            try:
+                ray.get([d.trainer.node_id.remote(), d.rollout.adapter_versions.remote()])
+            except ray.exceptions.RayActorError as e:
+                down[d.index] = _error_text(e)
+        return down
 
     def _timed(self, phase: str, fn: Callable, *args):
         """``fn(*args)``, its seconds added to ``self.phases[phase]``."""
@@ -261,7 +360,6 @@ class Population:
         """One step of ``groups``, top to bottom: their episodes (rollout phase), then ``learners`` score,
         learn in one fused update, publish and record; or, with ``evaluation`` (``{"n", "temperature",
         "samples"}``), held-out episodes scored without learning. Returns (outputs by group, errors by group)."""
-        import ray
 
         # 1. rollout phase: every group's episodes, one generate call per round of turns
         solo, games, failed = self._rollouts(step, groups, evaluation)
@@ -279,24 +377,58 @@ class Population:
         failed = {**failed, **errors}
         if not jobs:
             return {}, failed
-        names = list(jobs)
+        # 3. learn: one fused trainer call per device with its groups' batches (each slot its own optimizer step)
+        by_device = self._by_device(jobs)
         t0 = time.perf_counter()
-        try:
-            # 3. learn: one fused trainer call with every group's batch (each slot its own optimizer step)
-            results = ray.get(self.trainer.train.remote([jobs[g] for g in names]))
-            train_s = time.perf_counter() - t0
-            # 4. publish: every updated adapter to the rollout service, in one call
-            publish_s = ray.get(self.trainer.publish.remote(self.rollout, [r.slot for r in results if not r.skipped]))
-        except ray.exceptions.RayActorError as e:
-            raise _TrainerDied(_error_text(e)) from None
+        results = self._on_devices(
+            {k: self.devices[k].trainer.train.remote([jobs[g] for g in gs]) for k, gs in by_device.items()},
+            by_device,
+            "trainer service",
+            failed,
+        )
+        train_s = time.perf_counter() - t0
+        # 4. publish: every updated adapter to its device's rollout service, in one call per device
+        trained = self._by_device(results)
+        seconds = self._on_devices(
+            {
+                k: self.devices[k].trainer.publish.remote(
+                    self.devices[k].rollout, [g for g in gs if not results[g].skipped]
+                )
+                for k, gs in trained.items()
+            },
+            {k: [str(k)] for k in trained},
+            "publish",
+            failed,
+        )
+        results = {g: r for g, r in results.items() if self.device_of[g].index not in self.lost}
+        publish_s = max(seconds.values(), default=0.0)
         self.phases.update(train=train_s, publish=publish_s)
         # 5. record: each group's metrics row and samples
         outs, errors = self._timed(
             "finish",
             self._gather,
-            {g: self.actors[g].finish.remote(step, r, train_s, publish_s) for g, r in zip(names, results)},
+            {g: self.actors[g].finish.remote(step, r, train_s, publish_s) for g, r in results.items()},
         )
         return outs, {**failed, **errors}
+
+    def _on_devices(self, refs: dict[int, Any], keys: dict[int, list[str]], what: str, failed: dict) -> dict:
+        """The results of one call per device (``refs``), a list each, by ``keys`` (or one value under
+        the device's index); a device whose service died is lost (``self.lost``) and its groups go into
+        ``failed``."""
+        import ray
+
+        out: dict = {}
+        for k, ref in refs.items():
+            try:
+                value = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                if isinstance(e, ray.exceptions.RayTaskError) and not isinstance(e.cause, ray.exceptions.RayActorError):
+                    raise  # a bug in the service, not a death
+                self.lost.setdefault(k, f"{what}: {_error_text(e)}")
+                failed.update({g: self.lost[k] for g in self.devices[k].groups if g in self.live})
+                continue
+            out.update(zip(keys[k], value) if isinstance(value, list) else {k: value})
+        return out
 
     def _rollouts(
         self, step: int, groups: list[str], evaluation: dict | None
@@ -338,10 +470,10 @@ class Population:
             if not pending:
                 break
             # the model: one generate call for every pending request of every group
-            names = list(pending)
-            results = self._timed("generate", self._generate, step, [pending[g] for g in names])
+            results, errors = self._timed("generate", self._generate, step, pending)
+            failed.update(errors)
             observed, errors = self._timed(
-                "observe", self._gather, {g: self.actors[g].observe.remote(r) for g, r in zip(names, results)}
+                "observe", self._gather, {g: self.actors[g].observe.remote(r) for g, r in results.items()}
             )
             failed.update(errors)
             pending, answering = {}, [g for g, o in observed.items() if o.answers]
@@ -423,7 +555,7 @@ class Population:
             self.actors[group] = self._spawn(self.plans[group])
             try:
                 self._restore([group])
-                return self._replay(group, step, partners)
+                return self._replay([group], step, partners)
             except _ReplayError as e:
                 error = str(e)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
@@ -434,7 +566,10 @@ class Population:
         import ray
 
         d = None if self.checkpoint_step is None else str(checkpoint_dir(self.run_dir, self.checkpoint_step))
-        hps = ray.get(self.trainer.load_checkpoint.remote(d, groups))
+        by_device = self._by_device(groups)
+        hps: dict = {}
+        for part in ray.get([self.devices[k].trainer.load_checkpoint.remote(d, gs) for k, gs in by_device.items()]):
+            hps.update(part)
         calls = []
         for g, hp in hps.items():
             hp = dict(hp or {})
@@ -443,54 +578,116 @@ class Population:
             if hp:
                 calls.append(self.actors[g].set_hparams.remote(**hp))
         ray.get(calls)
-        ray.get(self.trainer.publish.remote(self.rollout, groups))
+        ray.get([self.devices[k].trainer.publish.remote(self.devices[k].rollout, gs) for k, gs in by_device.items()])
 
-    def _recover_trainer(self, step: int, error: str, events: list[dict]) -> dict:
-        """Restart the trainer service with every live group's slot from the last checkpoint, and redo the
-        steps after it (all groups learn); up to ``max_restarts`` times. Returns ``step``'s outputs."""
-        # the checkpoint the dead trainer was writing counts if every file of it made it (each is renamed
-        # into place whole)
-        pending, self.pending_checkpoint = self.pending_checkpoint, None
-        if pending is not None and all(
-            (checkpoint_dir(self.run_dir, pending) / f"{g}.pt").is_file() for g in self.live
-        ):
-            self.checkpoint_step = pending
+    def _recover_device(self, device: Device, step: int, error: str, events: list[dict], partners: list[str]) -> dict:
+        """Start ``device``'s groups again from the last checkpoint and redo the steps after it (they all
+        learn), up to ``max_restarts`` times: on a new trainer (and rollout service, if it died too) where
+        its node lives, else on the device left with the fewest groups (``lost`` event, a ``restart``
+        event per group). Returns ``step``'s outputs of its groups (and of ``partners``)."""
+
+        self.checkpoint_written()  # a dead trainer's checkpoint counts if every file of it made it
+        groups = self._live_on(device)
         while True:
-            if self.trainer_restarts >= self.max_restarts:
-                raise RuntimeError(f"the trainer service failed {self.trainer_restarts + 1} times; last: {error}")
-            self.trainer_restarts += 1
+            if node_alive(device.node):
+                self._restart_trainer(device, step, error, events)
+            else:
+                device = self._move(device, step, error, events)
+            try:
+                self._restore(groups)
+                return self._replay(groups, step, partners)
+            except _ReplayError as e:
+                if device.index not in self.lost:
+                    raise RuntimeError(
+                        f"groups failed while the steps of device {device.index} were redone: {e}"
+                    ) from None
+                error = self.lost.pop(device.index)
+
+    def _restart_trainer(self, device: Device, step: int, error: str, events: list[dict]) -> None:
+        """A new trainer for ``device`` (and rollout service, and group actors, where those died too)."""
+        import ray
+
+        label = self._label(device, "trainer")
+        if device.trainer_restarts >= self.max_restarts:
+            raise RuntimeError(f"the {label} service failed {device.trainer_restarts + 1} times; last: {error}")
+        device.trainer_restarts += 1
+        events.append(
+            event_row(
+                step,
+                label,
+                "restart",
+                f"restart {device.trainer_restarts} from checkpoint step {self.checkpoint_step or 0}: {error}",
+            )
+        )
+        self.log(f"restarting the {label} service (attempt {device.trainer_restarts}): {error}")
+        _kill(device.trainer)
+        device.trainer = self._spawn_trainer(device)
+        try:
+            ray.get(device.rollout.adapter_versions.remote())
+        except ray.exceptions.RayActorError:
+            device.rollout_restarts += 1
+            _kill(device.rollout)
+            device.rollout = self._spawn_rollout(device)
+        device.node = ray.get(device.trainer.node_id.remote())
+        for g in self._live_on(device):
+            try:
+                ray.get(self.actors[g].hparams.remote())
+            except ray.exceptions.RayActorError:
+                self.restarts[g] += 1
+                self.actors[g] = self._spawn(self.plans[g])
+
+    def _move(self, device: Device, step: int, error: str, events: list[dict]) -> Device:
+        """``device``'s node is gone: its groups move to the live device with the fewest groups (slots added
+        to its trainer, adapters to its rollout service, new actors in its bundle). Returns that device."""
+        import ray
+
+        left = [d for d in self.devices if d is not device and not d.lost and node_alive(d.node)]
+        if not left:
+            raise RuntimeError(f"device {device.index} was lost ({error}) and no other device is left")
+        target = min(left, key=lambda d: (len(d.groups), d.index))
+        groups = self._live_on(device)
+        device.lost, device.groups = True, []
+        _kill(device.trainer)
+        _kill(device.rollout)
+        events.append(
+            event_row(
+                step,
+                f"device:{device.index}",
+                "lost",
+                f"node {device.node} lost; groups {', '.join(groups)} move to device {target.index}"
+                + ("" if "lost" in error else f" ({error})"),
+            )
+        )
+        self.log(f"device {device.index} lost (node {device.node}): its groups move to device {target.index}")
+        ray.get(target.trainer.add_slots.remote(self._slot_specs(groups)))
+        ray.get(target.rollout.add_groups.remote({g: self.plans[g].lora.model_dump() for g in groups}))
+        target.groups += groups
+        for g in groups:
+            self.device_of[g] = target
+            self.restarts[g] += 1
             events.append(
                 event_row(
                     step,
-                    "trainer",
+                    g,
                     "restart",
-                    f"restart {self.trainer_restarts} from checkpoint step {self.checkpoint_step or 0}: {error}",
+                    f"restart {self.restarts[g]} on device {target.index} from checkpoint step "
+                    f"{self.checkpoint_step or 0}: device {device.index} lost",
                 )
             )
-            self.log(f"restarting the trainer service (attempt {self.trainer_restarts}): {error}")
-            _kill(self.trainer)
-            self.trainer = self._spawn_trainer()
-            groups = self.live
-            try:
-                self._restore(groups)
-                outs: dict = {}
-                for s in range((self.checkpoint_step or 0) + 1, step + 1):
-                    outs, errors = self._play(s, groups, set(groups))
-                    if errors:
-                        raise RuntimeError(f"groups failed while the trainer's steps were redone: {errors}")
-                return outs
-            except _TrainerDied as e:
-                error = str(e)
+            _kill(self.actors[g])
+            self.actors[g] = self._spawn(self.plans[g])
+        return target
 
-    def _replay(self, group: str, step: int, partners: list[str]) -> dict:
-        """Steps after the checkpoint, then ``step`` itself: ``group`` learns (its game partners play their
+    def _replay(self, groups: list[str], step: int, partners: list[str]) -> dict:
+        """Steps after the checkpoint, then ``step`` itself: ``groups`` learn (their game partners play their
         part without learning, except ``partners``, who learn ``step``). Returns ``step``'s outputs."""
-        players = [group] + self._partners(group)
+        players = list(dict.fromkeys(groups + [p for g in groups for p in self._partners(g)]))
         outs: dict = {}
         for s in range((self.checkpoint_step or 0) + 1, step + 1):
-            outs, errors = self._play(s, players, {group} | (set(partners) if s == step else set()))
-            if errors:
-                raise _ReplayError("; ".join(f"{g}: {e}" for g, e in errors.items()))
+            self.lost = {}
+            outs, errors = self._play(s, players, set(groups) | (set(partners) if s == step else set()))
+            if errors or self.lost:
+                raise _ReplayError("; ".join(f"{g}: {e}" for g, e in errors.items()) or str(self.lost))
         return outs
 
     # --- evaluation, checkpoints, rebalancing ------------------------------------------------------
@@ -505,8 +702,8 @@ class Population:
 
     def save_checkpoints(self, step: int) -> None:
         """Start checkpointing every live group's slot (adapter, optimizer state, version) and
-        hyper-parameters as of now; the trainer writes the files while the next step runs.
-        ``checkpoint_written`` says when they are complete."""
+        hyper-parameters as of now; each device's trainer writes its groups' files while the next step
+        runs. ``checkpoint_written`` says when they are complete."""
         import ray
 
         d = checkpoint_dir(self.run_dir, step)
@@ -514,22 +711,33 @@ class Population:
         used = dict(zip(groups, ray.get([self.actors[g].rows_used.remote() for g in groups])))
         # a group's dataset position travels with its hyper-parameters (restored apart from them: _restore)
         hps = {g: {**hp, ROWS_USED: used[g]} for g, hp in self.hparams().items()}
-        ray.get(self.trainer.save_checkpoint.remote(str(d), hps))
+        self.pending_groups = self._by_device(groups)
+        d.mkdir(parents=True, exist_ok=True)  # (its coordinator state is committed into it, groups or none)
+        ray.get(
+            [
+                self.devices[k].trainer.save_checkpoint.remote(str(d), {g: hps[g] for g in gs})
+                for k, gs in self.pending_groups.items()
+            ]
+        )
         self.pending_checkpoint = step
 
     def checkpoint_written(self) -> None:
-        """Wait for the checkpoint being written; once its files are complete it is ``checkpoint_step``
-        (recovery starts from it). One lost with a trainer that died is dropped."""
+        """Wait for the checkpoint being written; once every device's files of it are complete it is
+        ``checkpoint_step`` (recovery starts from it). A dead trainer's part counts if all its files made
+        it (each is renamed into place whole)."""
         import ray
 
         step, self.pending_checkpoint = self.pending_checkpoint, None
         if step is None:
             return
-        try:
-            written = ray.get(self.trainer.wait_saved.remote())
-        except ray.exceptions.RayActorError:
-            return  # the trainer died with it
-        if str(checkpoint_dir(self.run_dir, step)) in written:
+        d = checkpoint_dir(self.run_dir, step)
+        complete = True
+        for k, groups in self.pending_groups.items():
+            try:
+                complete &= str(d) in ray.get(self.devices[k].trainer.wait_saved.remote())
+            except ray.exceptions.RayActorError:
+                complete &= all((d / f"{g}.pt").is_file() for g in groups)
+        if complete:
             self.checkpoint_step = step
 
     def hparams(self) -> dict[str, dict]:
@@ -539,20 +747,34 @@ class Population:
         return dict(zip(groups, ray.get([self.actors[g].hparams.remote() for g in groups])))
 
     def apply(self, decision: Decision) -> None:
-        """Carry out one decision: a weight + optimizer copy from the donor inside the trainer (then its
-        new hyper-parameters, and the copy published), or new hyper-parameters."""
+        """Carry out one decision: a weight + optimizer copy from the donor (inside one trainer, or from
+        the donor's device to the group's), then its new hyper-parameters, and the copy published; or
+        new hyper-parameters."""
         import ray
 
-        if decision.action == "exploit_explore":
-            ray.get(self.trainer.copy_slot.remote(decision.donor, decision.group))
+        if decision.action == "exploit_explore" and decision.donor is not None:
+            src, dst = self.device_of[decision.donor], self.device_of[decision.group]
+            if src is dst:
+                ray.get(dst.trainer.copy_slot.remote(decision.donor, decision.group))
+            else:
+                ray.get(
+                    dst.trainer.take_slot_state.remote(decision.group, src.trainer.slot_state.remote(decision.donor))
+                )
             ray.get(self.actors[decision.group].set_hparams.remote(**decision.new[decision.group]))
-            ray.get(self.trainer.publish.remote(self.rollout, [decision.group]))
+            ray.get(dst.trainer.publish.remote(dst.rollout, [decision.group]))
         else:
             ray.get([self.actors[g].set_hparams.remote(**hp) for g, hp in decision.new.items()])
 
     def save_adapters(self) -> dict[str, str]:
-        """Each live group's adapter in PEFT format under ``adapters/<group>``."""
+        """Each live group's adapter in PEFT format under ``adapters/<group>``, written by its device's trainer."""
         import ray
 
-        dirs = {g: str(self.run_dir / "adapters" / g) for g in self.live}
-        return ray.get(self.trainer.save_adapters.remote(dirs))
+        dirs: dict[str, str] = {}
+        for part in ray.get(
+            [
+                self.devices[k].trainer.save_adapters.remote({g: str(self.run_dir / "adapters" / g) for g in gs})
+                for k, gs in self._by_device(self.live).items()
+            ]
+        ):
+            dirs.update(part)
+        return {g: dirs[g] for g in self.live}

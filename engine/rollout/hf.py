@@ -38,6 +38,18 @@ class HFRollout:
         self.model.eval()
         self.versions = {name: -1 for name in names}  # -1: no version published yet
 
+    def add_groups(self, adapters: dict[str, dict]) -> None:
+        """Serve more groups (each needs a ``publish`` before it generates): the groups of a device that
+        was lost move to a device that is left."""
+        from engine.models.base import peft_lora_config
+
+        for name, lora in adapters.items():
+            if name not in self.slot:
+                self.slot[name] = f"g{len(self.slot)}"
+                self.model.add_adapter(self.slot[name], peft_lora_config(**lora))
+                self.versions[name] = -1
+        self.model.eval()
+
     def publish_target(self) -> dict:
         """How the trainer publishes here: PEFT state dicts (no directory) in float32, the dtype the PEFT
         model keeps its LoRA weights in."""

@@ -37,20 +37,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.models.serve import lora_rank_slot  # (vLLM's max_lora_rank choices)
 from engine.rollout.types import RolloutRequest, RolloutResult
 
 if TYPE_CHECKING:
     from vllm.lora.request import LoRARequest
-
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
-
-
-def lora_rank_slot(r: int) -> int:
-    """The smallest ``max_lora_rank`` vLLM accepts that holds rank ``r``."""
-    for slot in VLLM_LORA_RANKS:
-        if slot >= r:
-            return slot
-    raise ValueError(f"LoRA rank {r} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
 
 
 def default_adapter_root() -> Path:
@@ -273,6 +264,16 @@ class VLLMRollout:
         self.versions = {g: -1 for g in adapters}  # -1: no version published yet
         self.next_id = 1
         self.last_publish: dict[str, float] = {}  # timings of the last publish (seconds), for benchmarks
+
+    def add_groups(self, adapters: dict[str, dict]) -> None:
+        """Serve more groups (each needs a publish before it generates): the groups of a device that was
+        lost move to a device that is left. The engine keeps its ``max_loras`` (adapters in one batch):
+        with more groups than that, vLLM schedules a step's requests in waves."""
+        if any(kw["r"] > lora_rank_slot(max(v["r"] for v in self.lora.values())) for kw in adapters.values()):
+            raise ValueError("an added group's LoRA rank is above the engine's max_lora_rank")
+        for g, kw in adapters.items():
+            if g not in self.lora:
+                self.lora[g], self.versions[g] = dict(kw), -1
 
     def adapter_dtype(self) -> str:
         """The dtype adapters are served in (the trainer casts to it before sending them)."""

@@ -80,6 +80,20 @@ class TrainerService:
 
         return torch_runtime()
 
+    def node_id(self) -> str:
+        """The Ray node this service runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def add_slots(self, slots: dict[str, SlotSpec]) -> None:
+        """Take on more groups (version 0 until a checkpoint is loaded into them): the groups of a device
+        that was lost move to a device that is left."""
+        for name, spec in slots.items():
+            if name not in self.model.slots:
+                self.model.add_slot(name, spec.lora, spec.seed, spec.hparams)
+                self.specs[name], self.versions[name] = spec, 0
+
     def base_storages(self) -> int:
         """Distinct storages of the frozen base's parameters (one copy, whatever the number of slots)."""
         return len({p.untyped_storage().data_ptr() for n, p in self.model.base.named_parameters() if "lora_" not in n})
@@ -170,6 +184,22 @@ class TrainerService:
         copy_slot(self.model.slots[src], self.model.slots[dst])
         self.versions[dst] += 1
         return self.versions[dst]
+
+    def slot_state(self, group: str):
+        """A host copy of ``group``'s slot (adapter, optimizer state, hyper-parameters), for a copy into a
+        slot of another device's trainer (``take_slot_state``)."""
+        from engine.trainer.slots import get_state
+
+        return get_state(self.model.slots[group])
+
+    def take_slot_state(self, group: str, state) -> int:
+        """``copy_slot`` across devices: ``group`` takes ``state``'s weights and optimizer state (another
+        trainer's ``slot_state``), keeping its own hyper-parameters; returns its new version."""
+        from engine.trainer.slots import set_state
+
+        set_state(self.model.slots[group], state, hparams=False)
+        self.versions[group] += 1
+        return self.versions[group]
 
     # --- checkpoints and adapters -------------------------------------------------------------------
 
