@@ -79,47 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config(args: argparse.Namespace, devices: int) -> dict:
-    """The run's config: bench/e2e.py's, with ``ray.devices`` = ``devices``."""
-    grpo = {
-        "prompts_per_step": args.prompts,
-        "group_size": args.generations,
-        "max_completion_length": args.max_completion,
-        "lr": args.lr,
-        "beta": 0.0,
-        "loss_type": "dapo",
-        "scale_rewards": "group",
-        "temperature": 1.0,
-    }
-    if args.backend == "vllm":
-        grpo["vllm_importance_sampling_correction"] = True
-    ray_cfg: dict = {"devices": devices}
-    if args.threads:
-        ray_cfg["torch_threads"] = args.threads
+    """The run's config: bench/e2e.py's, with ``backend`` = ``--backend`` and ``ray.devices`` = ``devices``."""
+    from e2e import lorapop_config  # (bench/ is on sys.path: main)
+
+    cfg = lorapop_config(args, args.device, args.backend == "vllm")
+    ray_cfg: dict = {**cfg.get("ray", {}), "devices": devices}
     if args.num_cpus:
         ray_cfg["num_cpus"] = args.num_cpus
-    rollout = json.loads(args.rollout)
-    return {
-        "seed": args.seed,
-        "steps": args.steps,
-        "base_model": args.model,
-        "backend": args.backend,
-        "training": {"device": args.device, **json.loads(args.training)},
-        **({"rollout": rollout} if rollout else {}),
-        "ray": ray_cfg,
-        "eval_prompts": 0,
-        "samples_per_step": 0,
-        "grpo": grpo,
-        "lora": {"r": args.r, "alpha": args.alpha, "target_modules": "all-linear"},
-        "population": {"strategy": "none", **json.loads(args.population)},
-        "groups": [
-            {
-                "name": "g",
-                "num_groups": args.groups,
-                "env": {"type": "arithmetic", "difficulty": 1},
-                "rewards": [{"name": "format_exact"}, {"name": "answer_numeric"}],
-            }
-        ],
-    }
+    return {**cfg, "backend": args.backend, "ray": ray_cfg}
 
 
 # --- GPU memory -------------------------------------------------------------------------------------

@@ -88,11 +88,12 @@ def test_a_pbt_copy_crosses_devices_with_weights_and_optimizer_state(population)
     assert ray.get(b_dev.rollout.adapter_versions.remote())["b"] == version + 1
 
 
-def test_more_devices_than_ray_can_place_is_a_config_error(tmp_path, tiny_model_path):
-    from tests.conftest import run_cli
+def test_more_devices_than_ray_can_place_is_a_config_error(population):
+    """``ray.devices`` above what the Ray cluster has (here 2 CPUs) names the field and what Ray has."""
+    from engine.config.loading import ConfigError, load_config
+    from engine.loop.coordinator import _devices
 
-    (tmp_path / "c.yaml").write_text(CONFIG.replace("devices: 2", "devices: 3, num_cpus: 2"))
-    proc = run_cli("run", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "-q")
-    assert proc.returncode == 2
-    assert "ray.devices = 3 on the cpu needs a CPU per device; the Ray cluster has 2" in proc.stderr
-    assert not (tmp_path / "run").exists()
+    cfg, _ = load_config(None, ["ray.devices=3"])
+    with pytest.raises(ConfigError, match=r"ray.devices = 3 on the cpu needs a CPU per device; the Ray cluster has 2"):
+        _devices(cfg, "cpu", 3)
+    assert _devices(load_config(None, ["ray.devices=auto"])[0], "cpu", 3) == 1  # auto on the cpu: one device

@@ -2,9 +2,9 @@
 
     plans = group_plans(cfg)                   # config -> plain per-group plans
     preflight(plans)                           # envs and rewards build here first: bad input fails before any write
-    population = Population(plans)             # rollout + trainer services (the base once each), one GroupActor per group
+    population = Population(plans)             # per device: rollout + trainer services (the base once each); one GroupActor per group
     for step in start+1 .. steps:
-        outs, events = population.step(step)   # all groups' rollouts in one batch, one fused GRPO update, one publish
+        outs, events = population.step(step)   # per device: its groups' rollouts in one batch, one fused GRPO update, one publish
         evaluate every eval_interval steps     # held-out reward / accuracy / format rate
         rebalance every rebalance_frequency    # groups/rebalance.py: exploit_explore | reallocate | none
         write steps/ samples/ evals/ events/ parts, then checkpoint

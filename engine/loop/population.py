@@ -1,4 +1,4 @@
-"""The population on Ray: the rollout service, the trainer service, one actor per group, and what keeps
+"""The population on Ray: each device's rollout and trainer services, one actor per group, and what keeps
 them going.
 
 ``Population`` owns the actors (Ray's supervisor pattern). The base is held once per service and
@@ -191,10 +191,13 @@ class Population:
                     continue
                 except ray.exceptions.RayActorError as e:
                     error = _error_text(e)
-                if not node_alive(device.node) or device.rollout_restarts >= self.max_restarts:
+                if not node_alive(device.node):
                     self.lost.setdefault(k, f"rollout service: {error}")
                     errors.update({g: error for g in asked[k]})
                     continue
+                if device.rollout_restarts >= self.max_restarts:
+                    label = self._label(device, "rollout")
+                    raise RuntimeError(f"the {label} service failed {device.rollout_restarts + 1} times; last: {error}")
                 self._restart_rollout(device, step, error)
                 again[k] = asked[k]
             asked = again
