@@ -9,7 +9,7 @@ GPU on cuda, a CPU on the cpu), and each group's actor goes into its device's bu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -28,9 +28,7 @@ class Device:
     rollout_restarts: int = 0
     trainer_restarts: int = 0
     lost: bool = False
-    """Its node was lost: its groups moved to another device."""
-    moved_in: list[str] = field(default_factory=list)
-    """Groups it took on from lost devices."""
+    """Its node was lost: its groups moved to another device (whose ``groups`` now include them)."""
 
 
 def assign(loads: dict[str, int], n: int) -> list[list[str]]:

@@ -212,8 +212,6 @@ class Population:
         self.log(f"restarting the {label} service (attempt {device.rollout_restarts}): {error}")
         _kill(device.rollout)
         device.rollout = self._spawn_rollout(device)
-        if device.moved_in:
-            ray.get(device.rollout.add_groups.remote({g: self.plans[g].lora.model_dump() for g in device.moved_in}))
         ray.get(device.trainer.forget_publish_target.remote())  # the new service has its own adapter directory
         ray.get(device.trainer.publish.remote(device.rollout, self._live_on(device)))
 
@@ -383,23 +381,21 @@ class Population:
         # 3. learn: one fused trainer call per device with its groups' batches (each slot its own optimizer step)
         by_device = self._by_device(jobs)
         t0 = time.perf_counter()
-        results = self._on_devices(
+        trained = self._on_devices(
             {k: self.devices[k].trainer.train.remote([jobs[g] for g in gs]) for k, gs in by_device.items()},
-            by_device,
             "trainer service",
             failed,
         )
+        results = {g: r for k, rs in trained.items() for g, r in zip(by_device[k], rs)}
         train_s = time.perf_counter() - t0
         # 4. publish: every updated adapter to its device's rollout service, in one call per device
-        trained = self._by_device(results)
         seconds = self._on_devices(
             {
                 k: self.devices[k].trainer.publish.remote(
                     self.devices[k].rollout, [g for g in gs if not results[g].skipped]
                 )
-                for k, gs in trained.items()
+                for k, gs in self._by_device(results).items()
             },
-            {k: [str(k)] for k in trained},
             "publish",
             failed,
         )
@@ -414,10 +410,9 @@ class Population:
         )
         return outs, {**failed, **errors}
 
-    def _on_devices(self, refs: dict[int, Any], keys: dict[int, list[str]], what: str, failed: dict) -> dict:
-        """The results of one call per device (``refs``), a list each, by ``keys`` (or one value under
-        the device's index); a device whose service died is lost (``self.lost``) and its groups go into
-        ``failed``."""
+    def _on_devices(self, refs: dict[int, Any], what: str, failed: dict) -> dict[int, Any]:
+        """The results of one call per device (``refs``), by device index; a device whose service died is
+        lost (``self.lost``), left out, and its groups go into ``failed``."""
         import ray
 
         out: dict = {}
@@ -430,7 +425,7 @@ class Population:
                 self.lost.setdefault(k, f"{what}: {_error_text(e)}")
                 failed.update({g: self.lost[k] for g in self.devices[k].groups if g in self.live})
                 continue
-            out.update(zip(keys[k], value) if isinstance(value, list) else {k: value})
+            out[k] = value
         return out
 
     def _rollouts(
